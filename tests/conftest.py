@@ -1,0 +1,58 @@
+"""Shared fixtures: every test gets its own database file under tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tokencli.service import TokenService
+from tokencli.store import Store
+
+START = 1_790_000_000  # a fixed UTC instant (2026-09-21), so tests never read the wall clock
+
+
+class Clock:
+    """A clock the test moves by hand: pass it where the service takes `clock`."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point TOKENCLI_DB at a fresh file so no test touches a real home folder."""
+    path = tmp_path / "tokens.db"
+    monkeypatch.setenv("TOKENCLI_DB", str(path))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    return path
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    opened = Store.open(db_path, create=True)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def service(store: Store, clock: Clock) -> TokenService:
+    return TokenService(store, clock)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()

@@ -1,0 +1,308 @@
+"""The command line: parses arguments, calls the service, renders the answer.
+
+No SQL and no token rules here: those live in store.py and service.py. Every command
+runs inside `_exit_codes()`, which turns the foreseeable failures into a one-line
+message on stderr and the exit code of DESIGN.md, so no traceback reaches a user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tokencli import __version__, output
+from tokencli.durations import DurationError, parse_duration
+from tokencli.errors import ExitStatus, TokencliError
+from tokencli.location import database_path
+from tokencli.service import TokenService
+from tokencli.store import Store
+
+# Longest line `check` reads from stdin: a real token is 43 characters.
+_MAX_STDIN_TOKEN = 4096
+
+app = typer.Typer(
+    name="tokencli",
+    help="Issue, check, revoke, list and purge short-lived tokens in one SQLite file.",
+    no_args_is_help=True,
+    # Locals in a traceback could hold a plaintext token; and no traceback is expected.
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class AppState:
+    """What the root options decide for every command."""
+
+    db_path: Path
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _exit_codes() -> Iterator[None]:
+    """Map foreseeable failures to a message on stderr and DESIGN.md's exit code."""
+    try:
+        yield
+    except TokencliError as error:
+        _error(str(error))
+        raise typer.Exit(int(error.exit_status)) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+
+
+def _service(ctx: typer.Context, *, write: bool) -> TokenService:
+    state: AppState = ctx.ensure_object(AppState)
+    return TokenService(Store.open(state.db_path, create=write))
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"tokencli {__version__}\n")
+        raise typer.Exit()
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except DurationError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            metavar="PATH",
+            help="Database file. Default: $TOKENCLI_DB, else tokens.db in the app data folder.",
+            dir_okay=True,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Issue, check, revoke, list and purge short-lived tokens in one SQLite file.
+
+    \b
+    Examples:
+      TOKEN=$(tokencli issue --ttl 15m --label deploy)
+      tokencli check "$TOKEN"
+      tokencli list
+      tokencli purge --quiet        # in a crontab line
+    """
+    ctx.obj = AppState(db_path=database_path(db))
+
+
+@app.command()
+def issue(
+    ctx: typer.Context,
+    ttl: Annotated[
+        int,
+        typer.Option(
+            parser=_duration,
+            metavar="DURATION",
+            help="Lifetime: 90s, 15m, 2h, 7d, 1w, 1h30m; a bare number is seconds. At most 3650d.",
+        ),
+    ] = "60m",  # type: ignore[assignment]  # parsed by _duration
+    label: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEXT", help="Free text shown by list (up to 200 printable characters)."
+        ),
+    ] = None,
+    uses: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Valid for this many successful checks (1: single-use). Default: unlimited.",
+        ),
+    ] = None,
+    count: Annotated[
+        int, typer.Option(metavar="N", help="How many tokens to issue (at most 1,000,000).")
+    ] = 1,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object per token, one per line.")
+    ] = False,
+) -> None:
+    """Issue new tokens and print each one once, one per line.
+
+    The token is shown only here: only a hash of it is stored.
+
+    \b
+    Examples:
+      TOKEN=$(tokencli issue --ttl 15m)
+      tokencli issue --ttl 1h --uses 1 --label "password reset for ada"
+      tokencli issue --count 100 --ttl 7d --json > tokens.jsonl
+    """
+    with _exit_codes():
+        service = _service(ctx, write=True)
+        for batch in service.issue_batches(ttl_seconds=ttl, label=label, uses=uses, count=count):
+            if json_output:
+                text = "\n".join(output.dumps(output.issued_json(issued)) for issued in batch)
+            else:
+                text = "\n".join(issued.token for issued in batch)
+            sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def _read_token_from_stdin() -> str:
+    if sys.stdin is None:
+        return ""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("Token: ", stream=sys.stderr)
+    try:
+        return sys.stdin.readline(_MAX_STDIN_TOKEN)
+    except UnicodeDecodeError:
+        return ""  # not text, so not a token: judged malformed
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    token: Annotated[
+        str | None,
+        typer.Argument(help="The token; '-' or nothing reads it from standard input."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it.")
+    ] = False,
+) -> None:
+    """Check a token: exit 0 if valid, 1 if not. A valid check uses up one use.
+
+    Prints one of: valid, malformed, unknown, expired, revoked, used_up. Reading the
+    token from standard input keeps it out of `ps` and shell history.
+
+    \b
+    Examples:
+      printf '%s\\n' "$TOKEN" | tokencli check
+      tokencli check "$TOKEN" --json
+      if tokencli check -q "$TOKEN"; then echo ok; fi
+    """
+    with _exit_codes():
+        text = _read_token_from_stdin() if token is None or token == "-" else token
+        result = _service(ctx, write=False).check(text)
+        if not quiet:
+            line = output.dumps(output.check_json(result)) if json_output else result.state.value
+            output.write_line(line)
+        if not result.valid:
+            raise typer.Exit(int(ExitStatus.NOT_VALID))
+
+
+@app.command()
+def revoke(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[str], typer.Argument(metavar="ID_OR_TOKEN...", help="Token IDs or whole tokens.")
+    ],
+) -> None:
+    """Revoke tokens by ID (or whole token). Exit 1 if any is not there.
+
+    A revoked token stays listed as revoked until the next purge.
+
+    \b
+    Examples:
+      tokencli revoke 3kq7d2mxa4bz
+      tokencli list --json | jq -r '.[] | select(.label=="ci") | .id' | xargs tokencli revoke
+    """
+    with _exit_codes():
+        service = _service(ctx, write=True)
+        missing = 0
+        for id_or_token in ids:
+            try:
+                token_id = service.revoke(id_or_token)
+            except TokencliError as error:
+                if error.exit_status is not ExitStatus.NOT_VALID:
+                    raise
+                _error(str(error))
+                missing += 1
+                continue
+            output.write_line(f"revoked {token_id}")
+        if missing:
+            raise typer.Exit(int(ExitStatus.NOT_VALID))
+
+
+@app.command(name="list")
+def list_tokens(
+    ctx: typer.Context,
+    all_tokens: Annotated[
+        bool,
+        typer.Option("--all", "-a", help="Also show expired, used-up and revoked tokens."),
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
+) -> None:
+    """List live tokens (never their secrets): a table on a terminal, tab-separated when piped.
+
+    \b
+    Examples:
+      tokencli list
+      tokencli list --all --json
+    """
+    with _exit_codes():
+        service = _service(ctx, write=False)
+        tokens = service.list(include_ended=all_tokens)
+        if json_output:
+            output.write_line(output.dumps([output.token_json(info) for info in tokens]))
+        elif output.wants_rich(sys.stdout):
+            output.write_rich_table(sys.stdout, tokens, service.now())
+        else:
+            output.write_plain_table(sys.stdout, tokens)
+
+
+@app.command()
+def purge(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Delete every expired, used-up and revoked token, and say how many.
+
+    Prints nothing when there is nothing to purge, so it suits a crontab line.
+
+    \b
+    Examples:
+      tokencli purge
+      tokencli purge --dry-run --json
+      */10 * * * *  tokencli purge --quiet
+    """
+    with _exit_codes():
+        result = _service(ctx, write=not dry_run).purge(dry_run=dry_run)
+        if quiet:
+            return
+        if json_output:
+            output.write_line(output.dumps(output.purge_json(result)))
+        elif result.purged:
+            verb = "would purge" if dry_run else "purged"
+            noun = "token" if result.purged == 1 else "tokens"
+            output.write_line(f"{verb} {result.purged} {noun}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        sys.exit(int(ExitStatus.INTERRUPTED))

@@ -1,0 +1,277 @@
+"""The token service: every rule about tokens lives here, and only here.
+
+The CLI and the HTTP server are thin adapters over `TokenService`; neither knows SQL nor
+decides what a valid token is. The clock is a parameter (`clock`, returning UTC epoch
+seconds), so tests move time by hand instead of sleeping or patching.
+
+Times are whole seconds. A token issued at second T with TTL N is valid while
+now < T + N and expired from T + N on; purge deletes at the same boundary.
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from tokencli import tokens
+from tokencli.errors import InvalidRequestError, NotFoundError
+from tokencli.store import IdCollisionError, Store, TokenRecord
+
+DEFAULT_TTL_SECONDS = 3600
+MAX_TTL_SECONDS = 3650 * 86_400
+MAX_COUNT = 1_000_000
+MAX_USES = 1_000_000_000
+MAX_LABEL_LENGTH = 200
+# Tokens are committed (and only then shown) in batches this large, so a huge --count
+# neither holds every plaintext in memory nor prints a token that was never stored.
+ISSUE_BATCH_SIZE = 50_000
+_ID_COLLISION_RETRIES = 3
+# Bidirectional overrides can make a label display as something it is not.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+class TokenState(StrEnum):
+    """What a token is at a given moment; `check` answers with one of these."""
+
+    VALID = "valid"
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    USED_UP = "used_up"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """The public face of a token: everything but its secret."""
+
+    id: str
+    label: str | None
+    created_at: int
+    expires_at: int
+    uses_left: int | None
+    state: TokenState
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A token just issued: its public info and the plaintext, shown this once."""
+
+    info: TokenInfo
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The verdict on a presented token, with its info when the token is known."""
+
+    state: TokenState
+    info: TokenInfo | None = None
+
+    @property
+    def valid(self) -> bool:
+        """True only for a token that was valid and whose use (if limited) was taken."""
+        return self.state is TokenState.VALID
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """How many tokens purge deleted (or would delete, on a dry run)."""
+
+    purged: int
+    dry_run: bool
+
+
+def state_at(record: TokenRecord, now: int) -> TokenState:
+    """The state of a stored token at `now`; revocation outranks expiry, expiry use-up."""
+    if record.revoked_at is not None:
+        return TokenState.REVOKED
+    if now >= record.expires_at:
+        return TokenState.EXPIRED
+    if record.uses_left is not None and record.uses_left <= 0:
+        return TokenState.USED_UP
+    return TokenState.VALID
+
+
+def _info(record: TokenRecord, state: TokenState) -> TokenInfo:
+    return TokenInfo(
+        record.id, record.label, record.created_at, record.expires_at, record.uses_left, state
+    )
+
+
+def validate_label(label: str | None) -> str | None:
+    """Return the label to store (None for none), or raise InvalidRequestError."""
+    if label is None or label == "":
+        return None
+    if len(label) > MAX_LABEL_LENGTH:
+        raise InvalidRequestError(
+            f"label is {len(label)} characters long; the limit is {MAX_LABEL_LENGTH}"
+        )
+    for character in label:
+        if unicodedata.category(character) in ("Cc", "Cs") or character in _BIDI_CONTROLS:
+            raise InvalidRequestError(
+                f"label holds a control character ({character!r}); use printable text"
+            )
+    return label
+
+
+def validate_ttl(ttl_seconds: int) -> int:
+    """Return the TTL if it is within (0, 3650 days], else raise InvalidRequestError."""
+    if ttl_seconds <= 0:
+        raise InvalidRequestError("TTL must be positive, e.g. 15m")
+    if ttl_seconds > MAX_TTL_SECONDS:
+        raise InvalidRequestError("TTL is too large; the limit is 3650d (about 10 years)")
+    return ttl_seconds
+
+
+def _validate_positive(name: str, value: int | None, limit: int) -> None:
+    if value is None:
+        return
+    if value <= 0:
+        raise InvalidRequestError(f"{name} must be a positive whole number, not {value}")
+    if value > limit:
+        raise InvalidRequestError(f"{name} is too large ({value}); the limit is {limit:,}")
+
+
+class TokenService:
+    """Issue, check, revoke, list and purge tokens in one store, by one clock."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    @property
+    def store(self) -> Store:
+        """The store this service writes to."""
+        return self._store
+
+    def now(self) -> int:
+        """The current time in whole UTC epoch seconds."""
+        return int(self._clock())
+
+    def issue_batches(
+        self,
+        *,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        label: str | None = None,
+        uses: int | None = None,
+        count: int = 1,
+    ) -> Iterator[list[IssuedToken]]:
+        """Issue `count` tokens, yielding each batch once it is committed.
+
+        All arguments are checked before anything is written.
+        """
+        validate_ttl(ttl_seconds)
+        stored_label = validate_label(label)
+        _validate_positive("uses", uses, MAX_USES)
+        _validate_positive("count", count, MAX_COUNT)
+        remaining = count
+        while remaining > 0:
+            size = min(remaining, ISSUE_BATCH_SIZE)
+            yield self._issue_batch(size, ttl_seconds, stored_label, uses)
+            remaining -= size
+
+    def issue(
+        self,
+        *,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        label: str | None = None,
+        uses: int | None = None,
+    ) -> IssuedToken:
+        """Issue one token."""
+        batches = self.issue_batches(ttl_seconds=ttl_seconds, label=label, uses=uses)
+        return next(batches)[0]
+
+    def _issue_batch(
+        self, size: int, ttl_seconds: int, label: str | None, uses: int | None
+    ) -> list[IssuedToken]:
+        for attempt in range(_ID_COLLISION_RETRIES):
+            now = self.now()
+            expires_at = now + ttl_seconds
+            fresh = [tokens.generate() for _ in range(size)]
+            try:
+                with self._store.transaction():
+                    self._store.insert_tokens(
+                        (new.id, new.secret_hash, label, now, expires_at, uses) for new in fresh
+                    )
+            except IdCollisionError:
+                if attempt == _ID_COLLISION_RETRIES - 1:
+                    raise
+                continue
+            return [
+                IssuedToken(
+                    TokenInfo(new.id, label, now, expires_at, uses, TokenState.VALID),
+                    new.plaintext,
+                )
+                for new in fresh
+            ]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def check(self, text: str) -> CheckResult:
+        """Judge a presented token; a valid one uses up one use, an expired one is deleted."""
+        try:
+            token_id = tokens.parse(text)
+        except tokens.MalformedTokenError:
+            return CheckResult(TokenState.MALFORMED)
+        record = self._store.get(token_id)
+        if record is None or not tokens.matches(text, record.secret_hash):
+            return CheckResult(TokenState.UNKNOWN)
+        now = self.now()
+        state = state_at(record, now)
+        if state is TokenState.EXPIRED:
+            self._store.delete_expired(token_id, now)
+            return CheckResult(state, _info(record, state))
+        if state is not TokenState.VALID:
+            return CheckResult(state, _info(record, state))
+        if record.uses_left is None:
+            return CheckResult(state, _info(record, state))
+        if not self._store.consume_use(token_id, now):
+            # Another checker took the last use between our read and our write.
+            used_up = TokenState.USED_UP
+            return CheckResult(used_up, replace(_info(record, used_up), uses_left=0))
+        return CheckResult(state, replace(_info(record, state), uses_left=record.uses_left - 1))
+
+    def resolve_id(self, id_or_token: str) -> str:
+        """Return the token ID named by a bare ID or a full token, or raise NotFoundError."""
+        candidate = id_or_token.strip()
+        if tokens.is_token_id(candidate):
+            return candidate
+        try:
+            token_id = tokens.parse(candidate)
+        except tokens.MalformedTokenError:
+            raise NotFoundError(f"{_shown(candidate)} is neither a token ID nor a token") from None
+        record = self._store.get(token_id)
+        if record is None or not tokens.matches(candidate, record.secret_hash):
+            raise NotFoundError(f"no token {token_id}")
+        return token_id
+
+    def revoke(self, id_or_token: str) -> str:
+        """Revoke one token by ID or full token; return its ID or raise NotFoundError."""
+        token_id = self.resolve_id(id_or_token)
+        if not self._store.revoke(token_id, self.now()):
+            raise NotFoundError(f"no token {token_id}")
+        return token_id
+
+    def list(self, *, include_ended: bool = False) -> list[TokenInfo]:
+        """Live tokens, oldest first; with `include_ended`, the not-yet-purged dead ones too."""
+        now = self.now()
+        return [
+            _info(record, state_at(record, now))
+            for record in self._store.list_tokens(now, include_ended=include_ended)
+        ]
+
+    def purge(self, *, dry_run: bool = False) -> PurgeResult:
+        """Delete every expired, used-up or revoked token (or count them, on a dry run)."""
+        now = self.now()
+        if dry_run:
+            return PurgeResult(self._store.count_ended(now), dry_run=True)
+        return PurgeResult(self._store.purge(now), dry_run=False)
+
+
+def _shown(text: str) -> str:
+    """Text safe to echo in an error: never a whole would-be secret, never escapes."""
+    clipped = text if len(text) <= 16 else text[:12] + "..."
+    return repr(clipped)

@@ -1,0 +1,324 @@
+"""The SQLite store: the only module that knows SQL.
+
+One file holds every token. The service talks to a `Store` through a narrow set of
+methods (insert, fetch, consume a use, revoke, list, purge), so a second store, say a
+replicated database, can be added later without touching the service or its adapters.
+
+Three decisions shape this module:
+
+- A file is checked before anything writes to it. Its header must say SQLite and carry
+  tokencli's `application_id`; its `user_version` must not be newer than this code. A
+  file that fails is refused and left byte-for-byte untouched.
+- A new database is built under a temporary name and linked into place fully formed, so
+  a concurrent process never sees a half-made file, and the header (application_id,
+  schema) is written to the main file before WAL mode starts.
+- Each row carries `ends_at`: the moment it stops being usable (expiry, revocation or
+  last use). Purge is then one indexed `DELETE ... WHERE ends_at <= now`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokencli.errors import StorageError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+# "tknc": marks a SQLite file as ours, so another application's database is refused.
+APPLICATION_ID = 0x746B6E63
+BUSY_TIMEOUT_SECONDS = 10.0
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_SIZE = 100
+_APPLICATION_ID_OFFSET = 68
+
+# (id, secret_hash, label, created_at, expires_at, uses_left), as `insert_tokens` takes it.
+NewRow = tuple[str, bytes, str | None, int, int, int | None]
+_TOKEN_COLUMNS = "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash"
+
+
+class IdCollisionError(StorageError):
+    """A freshly generated ID already exists (about one in 10^12 per token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """One stored token, exactly as the row holds it (times are UTC epoch seconds)."""
+
+    id: str
+    label: str | None
+    created_at: int
+    expires_at: int
+    uses_left: int | None
+    revoked_at: int | None
+    secret_hash: bytes
+
+
+def _m001_create_tokens(db: Database) -> None:
+    tokens = db.table("tokens")
+    tokens.create(
+        {
+            "id": str,
+            "secret_hash": bytes,
+            "label": str,
+            "created_at": int,
+            "expires_at": int,
+            "uses_left": int,
+            "revoked_at": int,
+            "ends_at": int,
+        },
+        pk="id",
+        not_null={"secret_hash", "created_at", "expires_at", "ends_at"},
+        strict=True,
+    )
+    tokens.create_index(["ends_at"], index_name="tokens_ends_at")
+
+
+# Ordered and append-only: never edit a migration that has shipped, add the next one.
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_create_tokens]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring the schema up to SCHEMA_VERSION, each step and its version in one transaction."""
+    if _user_version(connection) >= SCHEMA_VERSION:
+        return
+    from sqlite_utils import Database  # only needed on creation or upgrade
+
+    db = Database(connection, execute_plugins=False)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while we waited for the write lock.
+        for version in range(_user_version(connection), SCHEMA_VERSION):
+            MIGRATIONS[version](db)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _user_version(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path | None) -> Iterator[None]:
+    """Turn SQLite and file-system failures into StorageError with a useful message."""
+    where = str(path) if path is not None else "(empty database)"
+    try:
+        yield
+    except StorageError:
+        raise
+    except sqlite3.OperationalError as error:
+        text = str(error)
+        if "locked" in text or "busy" in text:
+            raise StorageError(
+                f"database at {where} stayed locked for over {BUSY_TIMEOUT_SECONDS:g}s; "
+                "another process holds it (try again)"
+            ) from None
+        raise StorageError(f"cannot use database at {where}: {text}") from None
+    except sqlite3.DatabaseError as error:
+        raise StorageError(
+            f"database at {where} is damaged or not a tokencli database ({error}); "
+            "it was left as it is"
+        ) from None
+    except OSError as error:
+        raise StorageError(f"cannot use database at {where}: {error.strerror or error}") from None
+
+
+def _check_file(path: Path) -> None:
+    """Refuse, without writing, any file that is not a tokencli database."""
+    if path.is_dir():
+        raise StorageError(f"{path} is a folder, not a database file; pass --db FILE")
+    with path.open("rb") as handle:
+        header = handle.read(_HEADER_SIZE)
+    hint = "(refusing to touch it); pass --db to choose another file"
+    if not header:
+        raise StorageError(f"database at {path} is an empty file, not a tokencli database {hint}")
+    if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
+        raise StorageError(f"{path} is not a SQLite database {hint}")
+    offset = _APPLICATION_ID_OFFSET
+    application_id = int.from_bytes(header[offset : offset + 4], "big")
+    if application_id != APPLICATION_ID:
+        raise StorageError(f"database at {path} is not a tokencli database {hint}")
+
+
+def _connect(path: Path | str) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
+    # lock up front and waits on the busy timeout instead of failing on upgrade.
+    connection = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+    )
+    # NORMAL is crash-safe in WAL mode (a killed process loses nothing committed); only
+    # a power cut can drop the last commits, which is the usual trade for a local tool.
+    connection.execute("PRAGMA synchronous = NORMAL")
+    return connection
+
+
+def _create_database(path: Path) -> None:
+    """Build a new database beside `path`, then link it into place in one step."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkstemp creates the file with mode 0600, so tokens are never group-readable.
+    handle, temporary_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".new", dir=path.parent
+    )
+    os.close(handle)
+    try:
+        connection = sqlite3.connect(temporary_name, isolation_level=None)
+        try:
+            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            migrate(connection)
+            connection.execute("PRAGMA journal_mode = WAL")
+        finally:
+            connection.close()
+        try:
+            os.link(temporary_name, path)
+        except FileExistsError:
+            pass  # another process created it first; theirs is just as good
+    finally:
+        os.unlink(temporary_name)
+
+
+class Store:
+    """A tokencli database: a checked, migrated SQLite connection and its queries."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path | None) -> None:
+        self._connection = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool) -> Store:
+        """Open the database at `path`; create it if `create`, else read a missing one as empty."""
+        with _storage_errors(path):
+            if not path.exists() and not path.is_symlink():
+                if not create:
+                    return cls.empty()
+                _create_database(path)
+            _check_file(path)
+            connection = _connect(path)
+            try:
+                version = _user_version(connection)
+                if version > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"database at {path} has schema version {version}, newer than this "
+                        f"tokencli understands ({SCHEMA_VERSION}); upgrade tokencli"
+                    )
+                migrate(connection)
+            except BaseException:
+                connection.close()
+                raise
+            return cls(connection, path)
+
+    @classmethod
+    def empty(cls) -> Store:
+        """An in-memory store, so read-only commands on a missing file create nothing."""
+        connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        migrate(connection)
+        return cls(connection, None)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._connection.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the block as one write transaction, taking the write lock at the start."""
+        with _storage_errors(self.path):
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def insert_tokens(
+        self, rows: Iterable[tuple[str, bytes, str | None, int, int, int | None]]
+    ) -> None:
+        """Insert rows of (id, secret_hash, label, created_at, expires_at, uses_left).
+
+        Raises IdCollisionError if an ID is taken; call inside `transaction()` so the
+        caller can roll the whole batch back and retry with fresh IDs.
+        """
+        with _storage_errors(self.path):
+            try:
+                self._connection.executemany(
+                    "INSERT INTO tokens (id, secret_hash, label, created_at, expires_at,"
+                    " uses_left, ends_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)",
+                    rows,
+                )
+            except sqlite3.IntegrityError:
+                raise IdCollisionError("a generated token ID is already taken") from None
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        """Return the token with this ID, or None."""
+        with _storage_errors(self.path):
+            row = self._connection.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+        return TokenRecord(*row) if row is not None else None
+
+    def consume_use(self, token_id: str, now: int) -> bool:
+        """Take one use of a use-limited token; False if none was left (a racer took it).
+
+        One UPDATE decides, so two processes checking a single-use token at once
+        cannot both succeed.
+        """
+        with _storage_errors(self.path):
+            cursor = self._connection.execute(
+                "UPDATE tokens SET uses_left = uses_left - 1,"
+                " ends_at = CASE WHEN uses_left = 1 THEN ?2 ELSE ends_at END"
+                " WHERE id = ?1 AND uses_left > 0",
+                (token_id, now),
+            )
+        return cursor.rowcount == 1
+
+    def delete_expired(self, token_id: str, now: int) -> None:
+        """Delete this token if it has expired by `now`."""
+        with _storage_errors(self.path):
+            self._connection.execute(
+                "DELETE FROM tokens WHERE id = ? AND expires_at <= ?", (token_id, now)
+            )
+
+    def revoke(self, token_id: str, now: int) -> bool:
+        """Mark the token revoked at `now` (kept if already revoked); False if no such token."""
+        with _storage_errors(self.path):
+            cursor = self._connection.execute(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2),"
+                " ends_at = MIN(ends_at, ?2) WHERE id = ?1",
+                (token_id, now),
+            )
+        return cursor.rowcount == 1
+
+    def list_tokens(self, now: int, *, include_ended: bool) -> list[TokenRecord]:
+        """Tokens oldest first; only live ones unless `include_ended`."""
+        where = "" if include_ended else "WHERE ends_at > ?"
+        parameters: tuple[int, ...] = () if include_ended else (now,)
+        with _storage_errors(self.path):
+            rows = self._connection.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at, id",
+                parameters,
+            ).fetchall()
+        return [TokenRecord(*row) for row in rows]
+
+    def count_ended(self, now: int) -> int:
+        """How many rows purge would delete at `now`."""
+        with _storage_errors(self.path):
+            row = self._connection.execute(
+                "SELECT count(*) FROM tokens WHERE ends_at <= ?", (now,)
+            ).fetchone()
+        return int(row[0])
+
+    def purge(self, now: int) -> int:
+        """Delete every expired, used-up or revoked token in one indexed statement."""
+        with _storage_errors(self.path):
+            cursor = self._connection.execute("DELETE FROM tokens WHERE ends_at <= ?", (now,))
+        return cursor.rowcount

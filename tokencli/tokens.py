@@ -1,0 +1,97 @@
+"""The token format: `ID:SECRET`, generated, parsed, hashed and compared.
+
+- ID: 12 characters of lowercase base32 (60 random bits). Public; it names the row.
+- SECRET: 24 characters of URL-safe base64 (144 random bits from `secrets`) followed by
+  6 characters holding the CRC32 of everything before them, as GitHub's token format does.
+  The checksum lets us call a mistyped or truncated token malformed without touching the
+  database, and lets a secret scanner tell a real token from random text.
+
+Only SHA-256 of the whole token is stored. The secret has far more entropy than a
+password, so a slow password hash would buy nothing but latency.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+
+ID_LENGTH = 12
+SECRET_BODY_BYTES = 18
+_BODY_LENGTH = 24
+_CHECKSUM_LENGTH = 6
+TOKEN_PATTERN = re.compile(
+    rf"([a-z2-7]{{{ID_LENGTH}}}):([A-Za-z0-9_-]{{{_BODY_LENGTH}}})([A-Za-z0-9_-]{{{_CHECKSUM_LENGTH}}})"
+)
+ID_PATTERN = re.compile(rf"[a-z2-7]{{{ID_LENGTH}}}")
+# Longest text worth running the regex on; anything longer is malformed at once.
+MAX_TOKEN_LENGTH = ID_LENGTH + 1 + _BODY_LENGTH + _CHECKSUM_LENGTH
+
+
+class MalformedTokenError(ValueError):
+    """The text cannot be a tokencli token (wrong shape or failed checksum)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """A freshly generated token: the plaintext to show once and the hash to store."""
+
+    id: str
+    plaintext: str
+    secret_hash: bytes
+
+
+def _checksum(prefix: str) -> str:
+    crc = zlib.crc32(prefix.encode("ascii")).to_bytes(4, "big")
+    return base64.urlsafe_b64encode(crc).decode("ascii")[:_CHECKSUM_LENGTH]
+
+
+def new_id() -> str:
+    """Return a random public token ID."""
+    return base64.b32encode(secrets.token_bytes(8)).decode("ascii")[:ID_LENGTH].lower()
+
+
+def generate() -> NewToken:
+    """Return a new random token with its storable hash."""
+    token_id = new_id()
+    prefix = f"{token_id}:{secrets.token_urlsafe(SECRET_BODY_BYTES)}"
+    plaintext = prefix + _checksum(prefix)
+    return NewToken(token_id, plaintext, hash_token(plaintext))
+
+
+def hash_token(plaintext: str) -> bytes:
+    """Return the SHA-256 digest stored in place of the token."""
+    return hashlib.sha256(plaintext.encode("ascii")).digest()
+
+
+def parse(text: str) -> str:
+    """Return the token ID of a well-formed token, or raise MalformedTokenError.
+
+    Whitespace around the token (a trailing newline from a pipe) is not part of it.
+    """
+    candidate = text.strip()
+    if len(candidate) != MAX_TOKEN_LENGTH:
+        raise MalformedTokenError("not a tokencli token (wrong length)")
+    match = TOKEN_PATTERN.fullmatch(candidate)
+    if match is None:
+        raise MalformedTokenError("not a tokencli token (wrong shape)")
+    token_id, body, checksum = match.groups()
+    if not hmac.compare_digest(_checksum(f"{token_id}:{body}"), checksum):
+        raise MalformedTokenError(
+            "not a tokencli token (checksum mismatch: mistyped or truncated?)"
+        )
+    return token_id
+
+
+def matches(text: str, stored_hash: bytes) -> bool:
+    """Compare a presented token with a stored hash in constant time."""
+    return hmac.compare_digest(hash_token(text.strip()), stored_hash)
+
+
+def is_token_id(text: str) -> bool:
+    """Tell whether `text` has the shape of a public token ID."""
+    return ID_PATTERN.fullmatch(text) is not None
