@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import START, Clock
 from tokencli.errors import InvalidRequestError, NotFoundError
 from tokencli.service import MAX_TTL_SECONDS, TokenService, TokenState
 from tokencli.store import Store
+
+from support import START, Clock
 
 
 def test_issue_then_check_is_valid(service: TokenService) -> None:
@@ -129,9 +130,7 @@ def test_label_of_200_printable_characters_is_kept(service: TokenService) -> Non
 
 def test_count_issues_in_batches_all_stored(service: TokenService) -> None:
     issued = [
-        token
-        for batch in service.issue_batches(count=1234, ttl_seconds=60)
-        for token in batch
+        token for batch in service.issue_batches(count=1234, ttl_seconds=60) for token in batch
     ]
     assert len(issued) == 1234
     assert len(service.list()) == 1234

@@ -15,6 +15,6 @@ def database_path(option: Path | None) -> Path:
     from_env = os.environ.get(ENV_VAR)
     if from_env:
         return Path(from_env).expanduser()
-    import click  # already loaded by the CLI; imported here to keep this module light
+    import typer  # already loaded by the CLI; imported here to keep this module light
 
-    return Path(click.get_app_dir("tokencli")) / "tokens.db"
+    return Path(typer.get_app_dir("tokencli")) / "tokens.db"

@@ -1,0 +1,195 @@
+"""The store on real files: schema, migrations, file checks, permissions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from tokencli import store as store_module
+from tokencli.errors import StorageError
+from tokencli.service import TokenService
+from tokencli.store import APPLICATION_ID, SCHEMA_VERSION, Store
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_new_database_has_schema_pragmas_and_mode(db_path: Path) -> None:
+    Store.open(db_path, create=True).close()
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+    db = sqlite_utils.Database(db_path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    columns = {column.name: column.type for column in db["tokens"].columns}
+    assert columns == {
+        "id": "TEXT",
+        "secret_hash": "BLOB",
+        "label": "TEXT",
+        "created_at": "INTEGER",
+        "expires_at": "INTEGER",
+        "uses_left": "INTEGER",
+        "revoked_at": "INTEGER",
+        "ends_at": "INTEGER",
+    }
+    assert db["tokens"].pks == ["id"]
+    assert any(index.columns == ["ends_at"] for index in db["tokens"].indexes)
+    # no temporary file is left beside it
+    assert (
+        sorted(p.name for p in db_path.parent.iterdir() if not p.name.startswith("tokens.db")) == []
+    )
+
+
+def test_parent_folders_are_created_on_first_write(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "tokens.db"
+    Store.open(path, create=True).close()
+    assert path.is_file()
+
+
+def test_read_only_open_of_missing_file_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "tokens.db"
+    opened = Store.open(path, create=False)
+    assert opened.list_tokens(0, include_ended=True) == []
+    assert opened.get("aaaaaaaaaaaa") is None
+    opened.close()
+    assert not path.parent.exists()
+
+
+def test_purge_is_one_indexed_delete(store: Store) -> None:
+    connection = store._connection
+    plan = connection.execute(
+        "EXPLAIN QUERY PLAN DELETE FROM tokens WHERE ends_at <= ?", (0,)
+    ).fetchall()
+    assert "tokens_ends_at" in " ".join(str(row) for row in plan)
+
+
+def test_migrations_run_in_order_and_keep_rows(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = TokenService(Store.open(db_path, create=True))
+    kept = service.issue(label="old")
+    service.store.close()
+
+    def m002_add_note(db: sqlite_utils.Database) -> None:
+        db.table("tokens").add_column("note", str)
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, m002_add_note])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    upgraded = TokenService(Store.open(db_path, create=True))
+    assert upgraded.check(kept.token).valid
+    upgraded.store.close()
+    db = sqlite_utils.Database(db_path)
+    assert "note" in db["tokens"].columns_dict
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+
+
+def test_failed_migration_rolls_back_whole(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store.open(db_path, create=True).close()
+
+    def m002_broken(db: sqlite_utils.Database) -> None:
+        db.table("tokens").add_column("half", str)
+        raise sqlite3.OperationalError("boom")
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, m002_broken])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(StorageError, match="boom"):
+        Store.open(db_path, create=True)
+    db = sqlite_utils.Database(db_path)
+    assert "half" not in db["tokens"].columns_dict
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused_and_untouched(db_path: Path) -> None:
+    Store.open(db_path, create=True).close()
+    connection = sqlite3.connect(db_path)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    connection.commit()
+    connection.close()
+    before = digest(db_path)
+    with pytest.raises(StorageError, match="newer than this tokencli"):
+        Store.open(db_path, create=True)
+    assert digest(db_path) == before
+
+
+def _random_file(path: Path) -> None:
+    path.write_bytes(os.urandom(4096))
+
+
+def _empty_file(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _other_sqlite(path: Path) -> None:
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE notes (body TEXT)")
+    connection.execute("INSERT INTO notes VALUES ('precious')")
+    connection.commit()
+    connection.close()
+
+
+def _short_header(path: Path) -> None:
+    path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 10)
+
+
+def _truncated_tokencli(path: Path) -> None:
+    service = TokenService(Store.open(path, create=True))
+    list(service.issue_batches(count=3000))
+    service.store.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (_random_file, "not a SQLite database"),
+        (_empty_file, "empty file"),
+        (_other_sqlite, "not a tokencli database"),
+        (_short_header, "not a SQLite database"),
+        (_truncated_tokencli, "damaged"),
+    ],
+)
+@pytest.mark.parametrize("create", [True, False])
+def test_foreign_files_are_refused_and_left_untouched(
+    tmp_path: Path, make: object, fragment: str, create: bool
+) -> None:
+    path = tmp_path / "victim.db"
+    make(path)  # type: ignore[operator]
+    before = digest(path)
+    with pytest.raises(StorageError, match=fragment):
+        opened = Store.open(path, create=create)
+        try:
+            TokenService(opened).list(include_ended=True)
+            TokenService(opened).purge()
+        finally:
+            opened.close()
+    assert digest(path) == before
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+
+
+def test_a_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="is a folder"):
+        Store.open(tmp_path, create=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+def test_unwritable_folder_is_a_storage_error(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o500)
+    with pytest.raises(StorageError, match="cannot use database"):
+        Store.open(folder / "tokens.db", create=True)
+
+
+def test_two_stores_share_one_file(db_path: Path) -> None:
+    first = TokenService(Store.open(db_path, create=True))
+    second = TokenService(Store.open(db_path, create=True))
+    issued = first.issue(uses=1)
+    assert second.check(issued.token).valid
+    assert not first.check(issued.token).valid
