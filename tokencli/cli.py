@@ -8,7 +8,10 @@ message on stderr and the exit code of DESIGN.md, so no traceback reaches a user
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +21,12 @@ import typer
 
 from tokencli import __version__, output
 from tokencli.durations import DurationError, parse_duration
-from tokencli.errors import ExitStatus, TokencliError
+from tokencli.errors import ExitStatus, InvalidRequestError, TokencliError
 from tokencli.location import database_path
 from tokencli.service import TokenService
 from tokencli.store import Store
 
+ADMIN_KEY_ENV = "TOKENCLI_ADMIN_KEY"
 # Longest line `check` reads from stdin: a real token is 43 characters.
 _MAX_STDIN_TOKEN = 4096
 
@@ -297,6 +301,100 @@ def purge(
             verb = "would purge" if dry_run else "purged"
             noun = "token" if result.purged == 1 else "tokens"
             output.write_line(f"{verb} {result.purged} {noun}")
+
+
+def _admin_key(key_file: Path | None) -> str | None:
+    """The admin key from --admin-key-file, else $TOKENCLI_ADMIN_KEY, else None."""
+    if key_file is None:
+        return os.environ.get(ADMIN_KEY_ENV) or None
+    try:
+        key = key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidRequestError(f"cannot read admin key file {key_file}: {error}") from None
+    if not key:
+        raise InvalidRequestError(f"admin key file {key_file} is empty")
+    if key_file.stat().st_mode & 0o077:
+        _warn(f"admin key file {key_file} is readable by others; chmod 600 it")
+    return key
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"Warning: {message}\n")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help=f"File holding the admin key (else ${ADMIN_KEY_ENV}). "
+            "With a key, issuing and purging need 'Authorization: Bearer KEY'.",
+        ),
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(help="Allow a non-loopback --host with no admin key."),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
+) -> None:
+    """Serve the token API over HTTP (the original service's endpoints).
+
+    Prints 'listening on http://HOST:PORT' to stderr once bound; one access-log line per
+    request follows, with token secrets redacted. SIGINT or SIGTERM stops it cleanly.
+
+    \b
+    Examples:
+      tokencli serve
+      tokencli serve --port 0
+      TOKENCLI_ADMIN_KEY=... tokencli serve --host 0.0.0.0 --port 8080
+      curl -X POST http://127.0.0.1:8000/app/token -H 'Content-Type: application/json'
+    """
+    with _exit_codes():
+        from tokencli.server import is_loopback, make_server
+
+        admin_key = _admin_key(admin_key_file)
+        if admin_key is None and not is_loopback(host) and not allow_unauthenticated:
+            raise InvalidRequestError(
+                f"refusing to listen on {host} with no admin key: set ${ADMIN_KEY_ENV} or "
+                "--admin-key-file, or pass --allow-unauthenticated"
+            )
+        state: AppState = ctx.ensure_object(AppState)
+        db_path = state.db_path
+        Store.open(db_path, create=True).close()  # a bad file fails now, not per request
+        write_lock = threading.Lock()
+
+        def open_service() -> TokenService:
+            return TokenService(Store.open(db_path, create=True, write_lock=write_lock))
+
+        try:
+            server = make_server(
+                open_service,
+                host,
+                port,
+                admin_key=admin_key,
+                access_log=None if quiet else sys.stderr,
+            )
+        except OSError as error:
+            raise InvalidRequestError(
+                f"cannot listen on {host}:{port}: {error.strerror or error}"
+            ) from None
+        stop = threading.Event()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signal_number, lambda *_: stop.set())
+        worker = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
+        worker.start()
+        sys.stderr.write(f"listening on {server.url}\n")
+        sys.stderr.flush()
+        while not stop.wait(0.5):
+            pass
+        sys.stderr.write("stopping: finishing requests in flight\n")
+        sys.stderr.flush()
+        server.stop()
+        worker.join(timeout=5)
 
 
 def main() -> None:

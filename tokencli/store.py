@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokencli.errors import StorageError
 
@@ -188,14 +188,31 @@ def _create_database(path: Path) -> None:
 
 
 class Store:
-    """A tokencli database: a checked, migrated SQLite connection and its queries."""
+    """A tokencli database: a checked, migrated SQLite connection and its queries.
 
-    def __init__(self, connection: sqlite3.Connection, path: Path | None) -> None:
+    `write_lock`, shared by the stores of one process, serialises their writes in
+    Python: SQLite's own busy wait sleeps and retries, which under many threads costs
+    far more latency than a queue on a lock.
+    """
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path | None,
+        write_lock: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> None:
         self._connection = connection
         self.path = path
+        self._write_lock = write_lock if write_lock is not None else contextlib.nullcontext()
 
     @classmethod
-    def open(cls, path: Path, *, create: bool) -> Store:
+    def open(
+        cls,
+        path: Path,
+        *,
+        create: bool,
+        write_lock: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> Store:
         """Open the database at `path`; create it if `create`, else read a missing one as empty."""
         with _storage_errors(path):
             if not path.exists() and not path.is_symlink():
@@ -215,7 +232,7 @@ class Store:
             except BaseException:
                 connection.close()
                 raise
-            return cls(connection, path)
+            return cls(connection, path, write_lock)
 
     @classmethod
     def empty(cls) -> Store:
@@ -231,7 +248,7 @@ class Store:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Run the block as one write transaction, taking the write lock at the start."""
-        with _storage_errors(self.path):
+        with self._write_lock, _storage_errors(self.path):
             self._connection.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -272,7 +289,7 @@ class Store:
         One UPDATE decides, so two processes checking a single-use token at once
         cannot both succeed.
         """
-        with _storage_errors(self.path):
+        with self._write_lock, _storage_errors(self.path):
             cursor = self._connection.execute(
                 "UPDATE tokens SET uses_left = uses_left - 1,"
                 " ends_at = CASE WHEN uses_left = 1 THEN ?2 ELSE ends_at END"
@@ -283,14 +300,14 @@ class Store:
 
     def delete_expired(self, token_id: str, now: int) -> None:
         """Delete this token if it has expired by `now`."""
-        with _storage_errors(self.path):
+        with self._write_lock, _storage_errors(self.path):
             self._connection.execute(
                 "DELETE FROM tokens WHERE id = ? AND expires_at <= ?", (token_id, now)
             )
 
     def revoke(self, token_id: str, now: int) -> bool:
         """Mark the token revoked at `now` (kept if already revoked); False if no such token."""
-        with _storage_errors(self.path):
+        with self._write_lock, _storage_errors(self.path):
             cursor = self._connection.execute(
                 "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2),"
                 " ends_at = MIN(ends_at, ?2) WHERE id = ?1",
@@ -319,6 +336,6 @@ class Store:
 
     def purge(self, now: int) -> int:
         """Delete every expired, used-up or revoked token in one indexed statement."""
-        with _storage_errors(self.path):
+        with self._write_lock, _storage_errors(self.path):
             cursor = self._connection.execute("DELETE FROM tokens WHERE ends_at <= ?", (now,))
         return cursor.rowcount
