@@ -119,7 +119,7 @@ def test_bad_options_are_refused_before_anything_is_written(
 ) -> None:
     with pytest.raises(InvalidRequestError, match=fragment):
         list(service.issue_batches(**options))  # type: ignore[arg-type]
-    assert service.list(include_ended=True) == []
+    assert service.list_tokens(include_ended=True) == []
 
 
 def test_label_of_200_printable_characters_is_kept(service: TokenService) -> None:
@@ -133,7 +133,7 @@ def test_count_issues_in_batches_all_stored(service: TokenService) -> None:
         token for batch in service.issue_batches(count=1234, ttl_seconds=60) for token in batch
     ]
     assert len(issued) == 1234
-    assert len(service.list()) == 1234
+    assert len(service.list_tokens()) == 1234
     assert all(service.check(token.token).valid for token in issued[::97])
 
 
@@ -147,7 +147,7 @@ def test_revoke_by_id_or_token_and_missing(service: TokenService) -> None:
         service.revoke("aaaaaaaaaaaa")
     with pytest.raises(NotFoundError, match="neither a token ID nor a token"):
         service.revoke("not-an-id")
-    assert {info.state for info in service.list(include_ended=True)} == {TokenState.REVOKED}
+    assert {info.state for info in service.list_tokens(include_ended=True)} == {TokenState.REVOKED}
 
 
 def test_list_shows_live_only_unless_all(service: TokenService, clock: Clock) -> None:
@@ -158,8 +158,8 @@ def test_list_shows_live_only_unless_all(service: TokenService, clock: Clock) ->
     service.check(used.token)
     service.revoke(revoked.info.id)
     clock.advance(5)
-    assert [info.id for info in service.list()] == [live.info.id]
-    states = {info.id: info.state for info in service.list(include_ended=True)}
+    assert [info.id for info in service.list_tokens()] == [live.info.id]
+    states = {info.id: info.state for info in service.list_tokens(include_ended=True)}
     assert states == {
         live.info.id: TokenState.VALID,
         expired.info.id: TokenState.EXPIRED,
@@ -176,10 +176,10 @@ def test_purge_removes_ended_tokens_only(service: TokenService, clock: Clock) ->
     service.revoke(service.issue().info.id)
     clock.advance(5)
     assert service.purge(dry_run=True).purged == 3
-    assert len(service.list(include_ended=True)) == 4
+    assert len(service.list_tokens(include_ended=True)) == 4
     result = service.purge()
     assert (result.purged, result.dry_run) == (3, False)
-    assert [info.id for info in service.list(include_ended=True)] == [live.info.id]
+    assert [info.id for info in service.list_tokens(include_ended=True)] == [live.info.id]
     assert service.purge().purged == 0
 
 

@@ -38,6 +38,17 @@ def test_new_database_has_schema_pragmas_and_mode(db_path: Path) -> None:
         "uses_left": "INTEGER",
         "revoked_at": "INTEGER",
         "ends_at": "INTEGER",
+        "uses_limit": "INTEGER",
+    }
+    audit_columns = {column.name: column.type for column in db["audit"].columns}
+    assert audit_columns == {
+        "id": "INTEGER",
+        "at": "INTEGER",
+        "action": "TEXT",
+        "token_id": "TEXT",
+        "outcome": "TEXT",
+        "source": "TEXT",
+        "detail": "TEXT",
     }
     assert db["tokens"].pks == ["id"]
     assert any(index.columns == ["ends_at"] for index in db["tokens"].indexes)
@@ -166,7 +177,7 @@ def test_foreign_files_are_refused_and_left_untouched(
     with pytest.raises(StorageError, match=fragment):
         opened = Store.open(path, create=create)
         try:
-            TokenService(opened).list(include_ended=True)
+            TokenService(opened).list_tokens(include_ended=True)
             TokenService(opened).purge()
         finally:
             opened.close()

@@ -23,10 +23,14 @@ from tokencli import __version__, output
 from tokencli.durations import DurationError, parse_duration
 from tokencli.errors import ExitStatus, InvalidRequestError, TokencliError
 from tokencli.location import database_path
-from tokencli.service import TokenService
+from tokencli.service import ISSUE_BATCH_SIZE, TokenService
 from tokencli.store import Store
 
 ADMIN_KEY_ENV = "TOKENCLI_ADMIN_KEY"
+# `issue --count` shows a progress bar on a terminal from this many tokens on, and then
+# commits in smaller batches so the bar moves.
+_PROGRESS_THRESHOLD = 5_000
+_PROGRESS_BATCH = 5_000
 # Longest line `check` reads from stdin: a real token is 43 characters.
 _MAX_STDIN_TOKEN = 4096
 
@@ -157,12 +161,22 @@ def issue(
     """
     with _exit_codes():
         service = _service(ctx, write=True)
-        for batch in service.issue_batches(ttl_seconds=ttl, label=label, uses=uses, count=count):
-            if json_output:
-                text = "\n".join(output.dumps(output.issued_json(issued)) for issued in batch)
-            else:
-                text = "\n".join(issued.token for issued in batch)
-            sys.stdout.write(text + "\n")
+        show_progress = count >= _PROGRESS_THRESHOLD and output.wants_rich(sys.stderr)
+        batches = service.issue_batches(
+            ttl_seconds=ttl,
+            label=label,
+            uses=uses,
+            count=count,
+            batch_size=_PROGRESS_BATCH if show_progress else ISSUE_BATCH_SIZE,
+        )
+        with output.progress(count, enabled=show_progress) as advance:
+            for batch in batches:
+                if json_output:
+                    text = "\n".join(output.dumps(output.issued_json(issued)) for issued in batch)
+                else:
+                    text = "\n".join(issued.token for issued in batch)
+                sys.stdout.write(text + "\n")
+                advance(len(batch))
         sys.stdout.flush()
 
 
@@ -212,11 +226,33 @@ def check(
             raise typer.Exit(int(ExitStatus.NOT_VALID))
 
 
+def _complete_live_ids(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion: live token IDs starting with what was typed, labels as help."""
+    root = ctx.find_root()
+    db_option = root.params.get("db")
+    try:
+        store = Store.open(database_path(db_option), create=False)
+        try:
+            return [
+                (token_id, output.literal(label or ""))
+                for token_id, label in TokenService(store).live_ids(incomplete)
+            ]
+        finally:
+            store.close()
+    except TokencliError:
+        return []  # a completion must never print an error into the prompt
+
+
 @app.command()
 def revoke(
     ctx: typer.Context,
     ids: Annotated[
-        list[str], typer.Argument(metavar="ID_OR_TOKEN...", help="Token IDs or whole tokens.")
+        list[str],
+        typer.Argument(
+            metavar="ID_OR_TOKEN...",
+            help="Token IDs or whole tokens.",
+            autocompletion=_complete_live_ids,
+        ),
     ],
 ) -> None:
     """Revoke tokens by ID (or whole token). Exit 1 if any is not there.
@@ -263,7 +299,7 @@ def list_tokens(
     """
     with _exit_codes():
         service = _service(ctx, write=False)
-        tokens = service.list(include_ended=all_tokens)
+        tokens = service.list_tokens(include_ended=all_tokens)
         if json_output:
             output.write_line(output.dumps([output.token_json(info) for info in tokens]))
         elif output.wants_rich(sys.stdout):
@@ -280,6 +316,14 @@ def purge(
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    audit_retention: Annotated[
+        int | None,
+        typer.Option(
+            parser=_duration,
+            metavar="DURATION",
+            help="Also drop audit events older than this, e.g. 90d.",
+        ),
+    ] = None,
 ) -> None:
     """Delete every expired, used-up and revoked token, and say how many.
 
@@ -289,10 +333,13 @@ def purge(
     Examples:
       tokencli purge
       tokencli purge --dry-run --json
+      tokencli purge --audit-retention 90d
       */10 * * * *  tokencli purge --quiet
     """
     with _exit_codes():
-        result = _service(ctx, write=not dry_run).purge(dry_run=dry_run)
+        result = _service(ctx, write=not dry_run).purge(
+            dry_run=dry_run, audit_retention_seconds=audit_retention
+        )
         if quiet:
             return
         if json_output:
@@ -301,6 +348,148 @@ def purge(
             verb = "would purge" if dry_run else "purged"
             noun = "token" if result.purged == 1 else "tokens"
             output.write_line(f"{verb} {result.purged} {noun}")
+
+
+@app.command()
+def renew(
+    ctx: typer.Context,
+    token_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID_OR_TOKEN",
+            help="The live token to extend.",
+            autocompletion=_complete_live_ids,
+        ),
+    ],
+    ttl: Annotated[
+        int,
+        typer.Option(
+            parser=_duration,
+            metavar="DURATION",
+            help="New lifetime, counted from now (at most 3650d).",
+        ),
+    ] = "60m",  # type: ignore[assignment]  # parsed by _duration
+    json_output: Annotated[bool, typer.Option("--json", help="Print the token as JSON.")] = False,
+) -> None:
+    """Give a live token a new expiry, TTL from now. Exit 1 if it is unknown or not live.
+
+    \b
+    Examples:
+      tokencli renew 3kq7d2mxa4bz --ttl 2h
+      tokencli renew "$TOKEN" --ttl 7d --json
+    """
+    with _exit_codes():
+        info = _service(ctx, write=True).renew(token_id, ttl)
+        if json_output:
+            output.write_line(output.dumps(output.token_json(info)))
+        else:
+            output.write_line(f"renewed {info.id} until {output.iso_time(info.expires_at)}")
+
+
+@app.command()
+def rotate(
+    ctx: typer.Context,
+    token_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID_OR_TOKEN",
+            help="The live token to replace.",
+            autocompletion=_complete_live_ids,
+        ),
+    ],
+    grace: Annotated[
+        int,
+        typer.Option(
+            parser=_duration,
+            metavar="DURATION",
+            help="How long the old token stays valid (default: not at all).",
+        ),
+    ] = "0s",  # type: ignore[assignment]  # parsed by _duration
+    ttl: Annotated[
+        int | None,
+        typer.Option(
+            parser=_duration,
+            metavar="DURATION",
+            help="Lifetime of the new token (default: the old token's lifetime).",
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the new token as JSON.")
+    ] = False,
+) -> None:
+    """Issue a replacement with the same label and use limit and print it once; the old
+    token expires after the grace period. Exit 1 if the old one is unknown or not live.
+
+    \b
+    Examples:
+      NEW=$(tokencli rotate 3kq7d2mxa4bz --grace 10m)
+      tokencli rotate "$OLD" --ttl 30d --json
+    """
+    with _exit_codes():
+        issued = _service(ctx, write=True).rotate(token_id, grace_seconds=grace, ttl_seconds=ttl)
+        if json_output:
+            output.write_line(output.dumps(output.issued_json(issued)))
+        else:
+            output.write_line(issued.token)
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Counts of live, expired, used-up and revoked tokens, the next expiry, the file.
+
+    \b
+    Examples:
+      tokencli stats
+      tokencli stats --json | jq .live
+    """
+    with _exit_codes():
+        service = _service(ctx, write=False)
+        report = service.stats()
+        if json_output:
+            output.write_line(output.dumps(output.stats_json(report)))
+        else:
+            output.write_stats(sys.stdout, report, service.now())
+
+
+@app.command()
+def audit(
+    ctx: typer.Context,
+    since: Annotated[
+        int | None,
+        typer.Option(
+            parser=_duration, metavar="DURATION", help="Only events this recent, e.g. 1d."
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID", help="Only events about this token.", autocompletion=_complete_live_ids
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most N events (the newest).")] = 100,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
+) -> None:
+    """Show the audit trail: every issue, check, revoke, renew, rotate and purge.
+
+    Events carry time, action, token ID, outcome and source (cli or http); never a secret.
+
+    \b
+    Examples:
+      tokencli audit --since 1d
+      tokencli audit --token 3kq7d2mxa4bz --json
+    """
+    with _exit_codes():
+        service = _service(ctx, write=False)
+        events = service.audit(since_seconds=since, token_id=token, limit=limit)
+        if json_output:
+            output.write_line(output.dumps([output.event_json(event) for event in events]))
+        elif output.wants_rich(sys.stdout):
+            output.write_rich_events(sys.stdout, events, service.now())
+        else:
+            output.write_plain_events(sys.stdout, events)
 
 
 def _admin_key(key_file: Path | None) -> str | None:
@@ -368,7 +557,8 @@ def serve(
         write_lock = threading.Lock()
 
         def open_service() -> TokenService:
-            return TokenService(Store.open(db_path, create=True, write_lock=write_lock))
+            store = Store.open(db_path, create=True, write_lock=write_lock)
+            return TokenService(store, source="http")
 
         try:
             server = make_server(

@@ -8,20 +8,24 @@ label can neither colour a terminal nor move its cursor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import unicodedata
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tokencli.durations import UNIT_SECONDS
 
 if TYPE_CHECKING:
-    from tokencli.service import CheckResult, IssuedToken, PurgeResult, TokenInfo
+    from tokencli.service import CheckResult, IssuedToken, PurgeResult, Stats, TokenInfo
+    from tokencli.store import AuditEvent
 
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 TABLE_HEADERS = ("ID", "LABEL", "CREATED", "EXPIRES", "USES LEFT", "STATE")
+EVENT_HEADERS = ("TIME", "ACTION", "TOKEN", "OUTCOME", "SOURCE", "DETAIL")
 
 
 def iso_time(epoch_seconds: int) -> str:
@@ -89,7 +93,76 @@ def check_json(result: CheckResult) -> dict[str, Any]:
 
 def purge_json(result: PurgeResult) -> dict[str, Any]:
     """`purge --json`."""
-    return {"purged": result.purged, "dry_run": result.dry_run}
+    body: dict[str, Any] = {"purged": result.purged, "dry_run": result.dry_run}
+    if result.audit_events_dropped:
+        body["audit_events_dropped"] = result.audit_events_dropped
+    return body
+
+
+def stats_json(report: Stats) -> dict[str, Any]:
+    """`stats --json`."""
+    return {
+        "live": report.live,
+        "expired": report.expired,
+        "used_up": report.used_up,
+        "revoked": report.revoked,
+        "next_expiry": None if report.next_expiry is None else iso_time(report.next_expiry),
+        "database": report.database,
+        "size_bytes": report.size_bytes,
+    }
+
+
+def write_stats(stream: TextIO, report: Stats, now: int) -> None:
+    """`stats` for people and pipes: one `name<TAB>value` line each."""
+    body = stats_json(report)
+    if report.next_expiry is not None and wants_rich(stream):
+        body["next_expiry"] += f" ({relative_time(report.next_expiry, now)})"
+    if body["database"] is None:
+        body["database"] = "(none yet)"
+    stream.write("".join(f"{key}\t{literal(str(value))}\n" for key, value in body.items()))
+
+
+def event_json(event: AuditEvent) -> dict[str, Any]:
+    """One audit event as JSON."""
+    return {
+        "at": iso_time(event.at),
+        "action": event.action,
+        "token_id": event.token_id,
+        "outcome": event.outcome,
+        "source": event.source,
+        "detail": event.detail,
+    }
+
+
+def _event_cells(event: AuditEvent) -> tuple[str, ...]:
+    return (
+        event.action,
+        event.token_id or "-",
+        event.outcome,
+        event.source,
+        literal(event.detail or ""),
+    )
+
+
+def write_plain_events(stream: TextIO, events: list[AuditEvent]) -> None:
+    """Audit events as tab-separated lines under a header."""
+    lines = ["\t".join(EVENT_HEADERS)]
+    lines.extend("\t".join((iso_time(event.at), *_event_cells(event))) for event in events)
+    stream.write("\n".join(lines) + "\n")
+
+
+def write_rich_events(stream: TextIO, events: list[AuditEvent], now: int) -> None:
+    """Audit events as a table with human times, for a terminal."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(*EVENT_HEADERS, box=None, header_style="bold", pad_edge=False)
+    for event in events:
+        table.add_row(
+            *(Text(cell) for cell in (relative_time(event.at, now), *_event_cells(event)))
+        )
+    Console(file=stream, highlight=False).print(table)
 
 
 def dumps(value: Any) -> str:
@@ -145,6 +218,28 @@ def write_rich_table(stream: TextIO, tokens: list[TokenInfo], now: int) -> None:
             Text(info.state.value, style=styles.get(info.state.value, "")),
         )
     Console(file=stream, highlight=False).print(table)
+
+
+@contextlib.contextmanager
+def progress(total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (when `enabled`); yields a function to advance it."""
+    if not enabled:
+        yield lambda _done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "issuing",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task("issue", total=total)
+        yield lambda done: bar.advance(task, done)
 
 
 def write_line(text: str, stream: TextIO | None = None) -> None:

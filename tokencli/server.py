@@ -401,11 +401,12 @@ class TokenRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # Logged before the write, so a client that has its answer finds the line there.
+        self._log_request()
         try:
             self.wfile.write(head + body)
         except OSError:
             self.close_connection = True
-        self._log_request()
 
     def _log_request(self) -> None:
         elapsed_ms = (time.perf_counter() - self._started) * 1000

@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from tokencli import tokens
 from tokencli.errors import InvalidRequestError, NotFoundError
-from tokencli.store import IdCollisionError, Store, TokenRecord
+from tokencli.store import AuditEvent, IdCollisionError, Store, TokenRecord
 
 DEFAULT_TTL_SECONDS = 3600
 MAX_TTL_SECONDS = 3650 * 86_400
@@ -83,6 +83,7 @@ class PurgeResult:
 
     purged: int
     dry_run: bool
+    audit_events_dropped: int = 0
 
 
 def state_at(record: TokenRecord, now: int) -> TokenState:
@@ -136,12 +137,33 @@ def _validate_positive(name: str, value: int | None, limit: int) -> None:
         raise InvalidRequestError(f"{name} is too large ({value}); the limit is {limit:,}")
 
 
-class TokenService:
-    """Issue, check, revoke, list and purge tokens in one store, by one clock."""
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What `stats` reports: counts by condition, the next expiry, where the file is."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    live: int
+    expired: int
+    used_up: int
+    revoked: int
+    next_expiry: int | None
+    database: str | None
+    size_bytes: int
+
+
+class TokenService:
+    """Issue, check, revoke, renew, rotate, list and purge tokens in one store, by one clock.
+
+    Every action appends one audit event per token it touches, in the same transaction
+    as the change, tagged with `source` ("cli" or "http"). Events hold IDs and
+    outcomes, never a secret.
+    """
+
+    def __init__(
+        self, store: Store, clock: Callable[[], float] = time.time, *, source: str = "cli"
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._source = source
 
     @property
     def store(self) -> Store:
@@ -152,6 +174,18 @@ class TokenService:
         """The current time in whole UTC epoch seconds."""
         return int(self._clock())
 
+    def _event(
+        self,
+        now: int,
+        action: str,
+        token_id: str | None,
+        outcome: str,
+        detail: str | None = None,
+    ) -> AuditEvent:
+        return AuditEvent(now, action, token_id, outcome, self._source, detail)
+
+    # -- issue ---------------------------------------------------------------------------
+
     def issue_batches(
         self,
         *,
@@ -159,6 +193,7 @@ class TokenService:
         label: str | None = None,
         uses: int | None = None,
         count: int = 1,
+        batch_size: int = ISSUE_BATCH_SIZE,
     ) -> Iterator[list[IssuedToken]]:
         """Issue `count` tokens, yielding each batch once it is committed.
 
@@ -170,7 +205,7 @@ class TokenService:
         _validate_positive("count", count, MAX_COUNT)
         remaining = count
         while remaining > 0:
-            size = min(remaining, ISSUE_BATCH_SIZE)
+            size = min(remaining, batch_size)
             yield self._issue_batch(size, ttl_seconds, stored_label, uses)
             remaining -= size
 
@@ -186,7 +221,14 @@ class TokenService:
         return next(batches)[0]
 
     def _issue_batch(
-        self, size: int, ttl_seconds: int, label: str | None, uses: int | None
+        self,
+        size: int,
+        ttl_seconds: int,
+        label: str | None,
+        uses: int | None,
+        *,
+        replaces: str | None = None,
+        grace_seconds: int = 0,
     ) -> list[IssuedToken]:
         for attempt in range(_ID_COLLISION_RETRIES):
             now = self.now()
@@ -196,6 +238,17 @@ class TokenService:
                 with self._store.transaction():
                     self._store.insert_tokens(
                         (new.id, new.secret_hash, label, now, expires_at, uses) for new in fresh
+                    )
+                    if replaces is not None:
+                        self._store.cut_expiry(replaces, now + grace_seconds)
+                        self._store.record(
+                            [self._event(now, "rotate", replaces, "rotated", f"by {fresh[0].id}")]
+                        )
+                    self._store.record(
+                        self._event(now, "issue", new.id, "issued", f"replaces {replaces}")
+                        if replaces
+                        else self._event(now, "issue", new.id, "issued")
+                        for new in fresh
                     )
             except IdCollisionError:
                 if attempt == _ID_COLLISION_RETRIES - 1:
@@ -210,29 +263,39 @@ class TokenService:
             ]
         raise AssertionError("unreachable")  # pragma: no cover
 
+    # -- check ---------------------------------------------------------------------------
+
     def check(self, text: str) -> CheckResult:
         """Judge a presented token; a valid one uses up one use, an expired one is deleted."""
         try:
             token_id = tokens.parse(text)
         except tokens.MalformedTokenError:
+            token_id = None
+        with self._store.transaction():
+            now = self.now()
+            result = self._judge(text, token_id, now)
+            self._store.record(
+                [self._event(now, "check", result.info.id if result.info else None, result.state)]
+            )
+        return result
+
+    def _judge(self, text: str, token_id: str | None, now: int) -> CheckResult:
+        if token_id is None:
             return CheckResult(TokenState.MALFORMED)
         record = self._store.get(token_id)
         if record is None or not tokens.matches(text, record.secret_hash):
             return CheckResult(TokenState.UNKNOWN)
-        now = self.now()
         state = state_at(record, now)
         if state is TokenState.EXPIRED:
             self._store.delete_expired(token_id, now)
-            return CheckResult(state, _info(record, state))
-        if state is not TokenState.VALID:
-            return CheckResult(state, _info(record, state))
-        if record.uses_left is None:
+        if state is not TokenState.VALID or record.uses_left is None:
             return CheckResult(state, _info(record, state))
         if not self._store.consume_use(token_id, now):
-            # Another checker took the last use between our read and our write.
             used_up = TokenState.USED_UP
             return CheckResult(used_up, replace(_info(record, used_up), uses_left=0))
         return CheckResult(state, replace(_info(record, state), uses_left=record.uses_left - 1))
+
+    # -- revoke, renew, rotate -------------------------------------------------------------
 
     def resolve_id(self, id_or_token: str) -> str:
         """Return the token ID named by a bare ID or a full token, or raise NotFoundError."""
@@ -251,11 +314,77 @@ class TokenService:
     def revoke(self, id_or_token: str) -> str:
         """Revoke one token by ID or full token; return its ID or raise NotFoundError."""
         token_id = self.resolve_id(id_or_token)
-        if not self._store.revoke(token_id, self.now()):
+        with self._store.transaction():
+            now = self.now()
+            found = self._store.revoke(token_id, now)
+            self._store.record(
+                [self._event(now, "revoke", token_id, "revoked" if found else "not_found")]
+            )
+        if not found:
             raise NotFoundError(f"no token {token_id}")
         return token_id
 
-    def list(self, *, include_ended: bool = False) -> list[TokenInfo]:
+    def _live_record(self, action: str, token_id: str, now: int) -> TokenRecord:
+        """The record of a live token, or NotFoundError (with its audit event recorded)."""
+        record = self._store.get(token_id)
+        state = state_at(record, now) if record is not None else TokenState.UNKNOWN
+        if record is None or state is not TokenState.VALID:
+            self._store.record([self._event(now, action, token_id, f"refused: {state}")])
+            if record is None:
+                raise NotFoundError(f"no token {token_id}")
+            raise NotFoundError(f"token {token_id} is {state}; only a live token can be {action}ed")
+        return record
+
+    def renew(self, id_or_token: str, ttl_seconds: int) -> TokenInfo:
+        """Give a live token a new expiry `ttl_seconds` from now (like `vault token renew`)."""
+        validate_ttl(ttl_seconds)
+        token_id = self.resolve_id(id_or_token)
+        refused: NotFoundError | None = None
+        with self._store.transaction():
+            now = self.now()
+            try:
+                record = self._live_record("renew", token_id, now)
+            except NotFoundError as error:
+                refused = error  # commit the refusal's audit event, then raise
+            else:
+                self._store.set_expiry(token_id, now + ttl_seconds)
+                self._store.record(
+                    [self._event(now, "renew", token_id, "renewed", f"ttl {ttl_seconds}s")]
+                )
+        if refused is not None:
+            raise refused
+        return replace(_info(record, TokenState.VALID), expires_at=now + ttl_seconds)
+
+    def rotate(
+        self, id_or_token: str, *, grace_seconds: int = 0, ttl_seconds: int | None = None
+    ) -> IssuedToken:
+        """Issue a successor with the same label and use limit; the old token lives on
+        for `grace_seconds` at most. The TTL defaults to the old token's own lifetime."""
+        if grace_seconds < 0:
+            raise InvalidRequestError("grace must not be negative")
+        if grace_seconds > MAX_TTL_SECONDS:
+            raise InvalidRequestError("grace is too large; the limit is 3650d")
+        if ttl_seconds is not None:
+            validate_ttl(ttl_seconds)
+        token_id = self.resolve_id(id_or_token)
+        refused: NotFoundError | None = None
+        with self._store.transaction():
+            try:
+                record = self._live_record("rotate", token_id, self.now())
+            except NotFoundError as error:
+                refused = error
+        if refused is not None:
+            raise refused
+        ttl = ttl_seconds if ttl_seconds is not None else record.expires_at - record.created_at
+        uses = record.uses_limit if record.uses_limit is not None else record.uses_left
+        batch = self._issue_batch(
+            1, validate_ttl(ttl), record.label, uses, replaces=token_id, grace_seconds=grace_seconds
+        )
+        return batch[0]
+
+    # -- list, purge, stats, audit ---------------------------------------------------------
+
+    def list_tokens(self, *, include_ended: bool = False) -> list[TokenInfo]:
         """Live tokens, oldest first; with `include_ended`, the not-yet-purged dead ones too."""
         now = self.now()
         return [
@@ -263,12 +392,52 @@ class TokenService:
             for record in self._store.list_tokens(now, include_ended=include_ended)
         ]
 
-    def purge(self, *, dry_run: bool = False) -> PurgeResult:
-        """Delete every expired, used-up or revoked token (or count them, on a dry run)."""
+    def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
+        """(ID, label) of live tokens starting with `prefix`, for shell completion."""
+        return self._store.live_ids(self.now(), prefix, limit)
+
+    def purge(
+        self, *, dry_run: bool = False, audit_retention_seconds: int | None = None
+    ) -> PurgeResult:
+        """Delete every expired, used-up or revoked token (or count them, on a dry run);
+        with a retention, also drop audit events older than it."""
+        if audit_retention_seconds is not None and audit_retention_seconds <= 0:
+            raise InvalidRequestError("audit retention must be positive, e.g. 90d")
         now = self.now()
         if dry_run:
             return PurgeResult(self._store.count_ended(now), dry_run=True)
-        return PurgeResult(self._store.purge(now), dry_run=False)
+        with self._store.transaction():
+            now = self.now()
+            purged = self._store.purge(now)
+            dropped = 0
+            if audit_retention_seconds is not None:
+                dropped = self._store.drop_events_before(now - audit_retention_seconds)
+            detail = f"{purged} tokens" + (f", {dropped} audit events" if dropped else "")
+            self._store.record([self._event(now, "purge", None, "purged", detail)])
+        return PurgeResult(purged, dry_run=False, audit_events_dropped=dropped)
+
+    def stats(self) -> Stats:
+        """Counts by condition, the next expiry, the database path and size."""
+        counts = self._store.counts(self.now())
+        path = self._store.path
+        return Stats(
+            counts.live,
+            counts.expired,
+            counts.used_up,
+            counts.revoked,
+            counts.next_expiry,
+            str(path) if path is not None else None,
+            self._store.size_bytes(),
+        )
+
+    def audit(
+        self, *, since_seconds: int | None = None, token_id: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        """The newest `limit` audit events, oldest first, optionally within `since_seconds`
+        and for one token."""
+        _validate_positive("limit", limit, MAX_COUNT)
+        since = None if since_seconds is None else self.now() - since_seconds
+        return self._store.events(since=since, token_id=token_id, limit=limit)
 
 
 def _shown(text: str) -> str:

@@ -41,7 +41,8 @@ _APPLICATION_ID_OFFSET = 68
 
 # (id, secret_hash, label, created_at, expires_at, uses_left), as `insert_tokens` takes it.
 NewRow = tuple[str, bytes, str | None, int, int, int | None]
-_TOKEN_COLUMNS = "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash"
+_TOKEN_COLUMNS = "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, uses_limit"
+_EVENT_COLUMNS = "at, action, token_id, outcome, source, detail"
 
 
 class IdCollisionError(StorageError):
@@ -59,6 +60,30 @@ class TokenRecord:
     uses_left: int | None
     revoked_at: int | None
     secret_hash: bytes
+    uses_limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One line of the audit trail. Never holds a secret: IDs and outcomes only."""
+
+    at: int
+    action: str
+    token_id: str | None
+    outcome: str
+    source: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Token counts by condition at one moment, for `stats`."""
+
+    live: int
+    expired: int
+    used_up: int
+    revoked: int
+    next_expiry: int | None
 
 
 def _m001_create_tokens(db: Database) -> None:
@@ -81,8 +106,31 @@ def _m001_create_tokens(db: Database) -> None:
     tokens.create_index(["ends_at"], index_name="tokens_ends_at")
 
 
+def _m002_audit_and_use_limit(db: Database) -> None:
+    # The limit a token was issued with, so `rotate` can give its successor the same one.
+    # Rows from schema 1 keep NULL here; the service falls back to their uses left.
+    db.table("tokens").add_column("uses_limit", int)
+    audit = db.table("audit")
+    audit.create(
+        {
+            "id": int,
+            "at": int,
+            "action": str,
+            "token_id": str,
+            "outcome": str,
+            "source": str,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"at", "action", "outcome", "source"},
+        strict=True,
+    )
+    audit.create_index(["at"], index_name="audit_at")
+    audit.create_index(["token_id", "at"], index_name="audit_token_at")
+
+
 # Ordered and append-only: never edit a migration that has shipped, add the next one.
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_create_tokens]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_create_tokens, _m002_audit_and_use_limit]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -190,9 +238,10 @@ def _create_database(path: Path) -> None:
 class Store:
     """A tokencli database: a checked, migrated SQLite connection and its queries.
 
-    `write_lock`, shared by the stores of one process, serialises their writes in
-    Python: SQLite's own busy wait sleeps and retries, which under many threads costs
-    far more latency than a queue on a lock.
+    Every write happens inside `transaction()`, so a change and its audit event commit
+    together or not at all. `write_lock`, shared by the stores of one process, queues
+    those transactions in Python: SQLite's own busy wait sleeps and retries, which under
+    many threads costs far more latency than a queue on a lock.
     """
 
     def __init__(
@@ -245,6 +294,14 @@ class Store:
         """Close the connection."""
         self._connection.close()
 
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file and its WAL (0 for an in-memory store)."""
+        if self.path is None:
+            return 0
+        with _storage_errors(self.path):
+            wal = Path(f"{self.path}-wal")
+            return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Run the block as one write transaction, taking the write lock at the start."""
@@ -257,10 +314,15 @@ class Store:
                 raise
             self._connection.execute("COMMIT")
 
-    def insert_tokens(
-        self, rows: Iterable[tuple[str, bytes, str | None, int, int, int | None]]
-    ) -> None:
-        """Insert rows of (id, secret_hash, label, created_at, expires_at, uses_left).
+    def _write(self, sql: str, parameters: tuple[object, ...]) -> int:
+        """Run one write statement (inside `transaction()`); return the rows it changed."""
+        with _storage_errors(self.path):
+            return self._connection.execute(sql, parameters).rowcount
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def insert_tokens(self, rows: Iterable[NewRow]) -> None:
+        """Insert rows of (id, secret_hash, label, created_at, expires_at, uses).
 
         Raises IdCollisionError if an ID is taken; call inside `transaction()` so the
         caller can roll the whole batch back and retry with fresh IDs.
@@ -269,7 +331,7 @@ class Store:
             try:
                 self._connection.executemany(
                     "INSERT INTO tokens (id, secret_hash, label, created_at, expires_at,"
-                    " uses_left, ends_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)",
+                    " uses_left, uses_limit, ends_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?5)",
                     rows,
                 )
             except sqlite3.IntegrityError:
@@ -284,36 +346,47 @@ class Store:
         return TokenRecord(*row) if row is not None else None
 
     def consume_use(self, token_id: str, now: int) -> bool:
-        """Take one use of a use-limited token; False if none was left (a racer took it).
+        """Take one use of a use-limited token; False if none was left.
 
-        One UPDATE decides, so two processes checking a single-use token at once
-        cannot both succeed.
+        The condition is in the UPDATE itself, so two checkers can never both take
+        the last use, whatever the isolation around them.
         """
-        with self._write_lock, _storage_errors(self.path):
-            cursor = self._connection.execute(
+        return (
+            self._write(
                 "UPDATE tokens SET uses_left = uses_left - 1,"
                 " ends_at = CASE WHEN uses_left = 1 THEN ?2 ELSE ends_at END"
                 " WHERE id = ?1 AND uses_left > 0",
                 (token_id, now),
             )
-        return cursor.rowcount == 1
+            == 1
+        )
 
     def delete_expired(self, token_id: str, now: int) -> None:
         """Delete this token if it has expired by `now`."""
-        with self._write_lock, _storage_errors(self.path):
-            self._connection.execute(
-                "DELETE FROM tokens WHERE id = ? AND expires_at <= ?", (token_id, now)
-            )
+        self._write("DELETE FROM tokens WHERE id = ? AND expires_at <= ?", (token_id, now))
 
     def revoke(self, token_id: str, now: int) -> bool:
         """Mark the token revoked at `now` (kept if already revoked); False if no such token."""
-        with self._write_lock, _storage_errors(self.path):
-            cursor = self._connection.execute(
-                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2),"
-                " ends_at = MIN(ends_at, ?2) WHERE id = ?1",
-                (token_id, now),
-            )
-        return cursor.rowcount == 1
+        changed = self._write(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2),"
+            " ends_at = MIN(ends_at, ?2) WHERE id = ?1",
+            (token_id, now),
+        )
+        return changed == 1
+
+    def set_expiry(self, token_id: str, expires_at: int) -> None:
+        """Give a live token a new expiry (renew)."""
+        self._write(
+            "UPDATE tokens SET expires_at = ?2, ends_at = ?2 WHERE id = ?1", (token_id, expires_at)
+        )
+
+    def cut_expiry(self, token_id: str, latest: int) -> None:
+        """Make a token expire no later than `latest` (rotate's grace period)."""
+        self._write(
+            "UPDATE tokens SET expires_at = MIN(expires_at, ?2), ends_at = MIN(ends_at, ?2)"
+            " WHERE id = ?1",
+            (token_id, latest),
+        )
 
     def list_tokens(self, now: int, *, include_ended: bool) -> list[TokenRecord]:
         """Tokens oldest first; only live ones unless `include_ended`."""
@@ -326,6 +399,16 @@ class Store:
             ).fetchall()
         return [TokenRecord(*row) for row in rows]
 
+    def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
+        """(ID, label) of live tokens whose ID starts with `prefix`, for shell completion."""
+        with _storage_errors(self.path):
+            rows = self._connection.execute(
+                "SELECT id, label FROM tokens WHERE ends_at > ? AND id >= ? AND id < ?"
+                " ORDER BY id LIMIT ?",
+                (now, prefix, prefix + "\U0010ffff", limit),
+            ).fetchall()
+        return [(str(row[0]), row[1]) for row in rows]
+
     def count_ended(self, now: int) -> int:
         """How many rows purge would delete at `now`."""
         with _storage_errors(self.path):
@@ -336,6 +419,53 @@ class Store:
 
     def purge(self, now: int) -> int:
         """Delete every expired, used-up or revoked token in one indexed statement."""
-        with self._write_lock, _storage_errors(self.path):
-            cursor = self._connection.execute("DELETE FROM tokens WHERE ends_at <= ?", (now,))
-        return cursor.rowcount
+        return self._write("DELETE FROM tokens WHERE ends_at <= ?", (now,))
+
+    def counts(self, now: int) -> Counts:
+        """Tokens by condition, in one pass."""
+        with _storage_errors(self.path):
+            row = self._connection.execute(
+                "SELECT"
+                " coalesce(sum(ends_at > ?1), 0),"
+                " coalesce(sum(revoked_at IS NULL AND expires_at <= ?1), 0),"
+                " coalesce(sum(revoked_at IS NULL AND expires_at > ?1 AND uses_left <= 0), 0),"
+                " coalesce(sum(revoked_at IS NOT NULL), 0),"
+                " min(CASE WHEN ends_at > ?1 THEN expires_at END)"
+                " FROM tokens",
+                (now,),
+            ).fetchone()
+        live, expired, used_up, revoked = (int(value) for value in row[:4])
+        return Counts(live, expired, used_up, revoked, row[4])
+
+    # -- audit trail ---------------------------------------------------------------------
+
+    def record(self, events: Iterable[AuditEvent]) -> None:
+        """Append audit events (inside the `transaction()` of the change they record)."""
+        with _storage_errors(self.path):
+            self._connection.executemany(
+                f"INSERT INTO audit ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                ((e.at, e.action, e.token_id, e.outcome, e.source, e.detail) for e in events),
+            )
+
+    def events(self, *, since: int | None, token_id: str | None, limit: int) -> list[AuditEvent]:
+        """The newest `limit` events matching the filters, oldest first."""
+        conditions = []
+        parameters: list[object] = []
+        if since is not None:
+            conditions.append("at >= ?")
+            parameters.append(since)
+        if token_id is not None:
+            conditions.append("token_id = ?")
+            parameters.append(token_id)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        with _storage_errors(self.path):
+            rows = self._connection.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM (SELECT id, {_EVENT_COLUMNS} FROM audit {where}"
+                " ORDER BY at DESC, id DESC LIMIT ?) ORDER BY at, id",
+                (*parameters, limit),
+            ).fetchall()
+        return [AuditEvent(*row) for row in rows]
+
+    def drop_events_before(self, cutoff: int) -> int:
+        """Delete audit events older than `cutoff` (one indexed DELETE)."""
+        return self._write("DELETE FROM audit WHERE at < ?", (cutoff,))
