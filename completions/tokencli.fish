@@ -1,0 +1,1 @@
+complete --command tokencli --no-files --arguments "(env _TOKENCLI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) tokencli)" --condition "env _TOKENCLI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) tokencli"

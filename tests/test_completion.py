@@ -1,0 +1,88 @@
+"""Shell completion: committed scripts match the app; commands and live IDs complete."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tokencli.cli import app
+from tokencli.service import TokenService
+from tokencli.store import Store
+
+from support import Clock
+
+COMPLETIONS = Path(__file__).resolve().parent.parent / "completions"
+
+
+def complete_bash(runner: CliRunner, words: str) -> list[str]:
+    cword = len(words.split(" ")) - 1
+    result = runner.invoke(
+        app,
+        [],
+        prog_name="tokencli",
+        env={
+            "_TOKENCLI_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(cword),
+        },
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout.split()
+
+
+def test_command_names_complete(runner: CliRunner) -> None:
+    assert complete_bash(runner, "tokencli rev") == ["revoke"]
+    assert sorted(complete_bash(runner, "tokencli re")) == ["renew", "revoke"]
+
+
+def test_revoke_completes_live_ids_only(runner: CliRunner, db_path: Path) -> None:
+    service = TokenService(Store.open(db_path, create=True))
+    live = sorted(service.issue(label=f"live {n}").info.id for n in range(3))
+    revoked = service.issue().info.id
+    service.revoke(revoked)
+    old = TokenService(service.store, Clock(1_000_000_000)).issue(ttl_seconds=60).info.id
+    offered = complete_bash(runner, "tokencli revoke ")
+    assert sorted(offered) == live
+    assert revoked not in offered and old not in offered
+    assert complete_bash(runner, f"tokencli revoke {live[0][:6]}") == [
+        token_id for token_id in live if token_id.startswith(live[0][:6])
+    ]
+
+
+def test_zsh_completion_shows_labels_as_descriptions(runner: CliRunner, db_path: Path) -> None:
+    issued = TokenService(Store.open(db_path, create=True)).issue(label="deploy key")
+    result = runner.invoke(
+        app,
+        [],
+        prog_name="tokencli",
+        env={"_TOKENCLI_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "tokencli renew "},
+    )
+    assert f'"{issued.info.id}":"deploy key"' in result.stdout
+
+
+def test_completion_on_a_missing_or_foreign_file_offers_nothing(
+    runner: CliRunner, db_path: Path
+) -> None:
+    assert complete_bash(runner, "tokencli revoke ") == []
+    assert not db_path.exists()
+    db_path.write_bytes(b"junk" * 100)
+    assert complete_bash(runner, "tokencli revoke ") == []
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+@pytest.mark.skipif(shutil.which("tokencli") is None, reason="tokencli is not installed")
+def test_committed_scripts_match_what_the_app_generates(shell: str) -> None:
+    generated = subprocess.run(
+        [str(shutil.which("tokencli"))],
+        env={"_TOKENCLI_COMPLETE": f"source_{shell}", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    committed = (COMPLETIONS / f"tokencli.{shell}").read_text()
+    assert generated == committed, f"run completions/regenerate: tokencli.{shell} is stale"
