@@ -5,8 +5,6 @@ runs inside `_exit_codes()`, which turns the foreseeable failures into a one-lin
 message on stderr and the exit code of DESIGN.md, so no traceback reaches a user.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 import signal
@@ -572,10 +570,11 @@ def serve(
             raise InvalidRequestError(
                 f"cannot listen on {host}:{port}: {error.strerror or error}"
             ) from None
+        _raise_open_file_limit()
         stop = threading.Event()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signal_number, lambda *_: stop.set())
-        worker = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
+        worker = threading.Thread(target=server.serve_forever, name="event-loop", daemon=True)
         worker.start()
         sys.stderr.write(f"listening on {server.url}\n")
         sys.stderr.flush()
@@ -585,6 +584,19 @@ def serve(
         sys.stderr.flush()
         server.stop()
         worker.join(timeout=5)
+
+
+def _raise_open_file_limit() -> None:
+    """Each client connection is a file descriptor; allow as many as the system lets us."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not fatal: the server pauses accepting when it runs out
 
 
 def main() -> None:

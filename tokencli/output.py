@@ -9,12 +9,11 @@ label can neither colour a terminal nor move its cursor.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tokencli.durations import UNIT_SECONDS
@@ -30,7 +29,7 @@ EVENT_HEADERS = ("TIME", "ACTION", "TOKEN", "OUTCOME", "SOURCE", "DETAIL")
 
 def iso_time(epoch_seconds: int) -> str:
     """ISO 8601 UTC with a Z, e.g. 2026-11-27T10:05:00Z."""
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_seconds))
 
 
 def relative_time(epoch_seconds: int, now: int) -> str:
@@ -166,8 +165,10 @@ def write_rich_events(stream: TextIO, events: list[AuditEvent], now: int) -> Non
 
 
 def dumps(value: Any) -> str:
-    """Compact, ASCII-only JSON: every odd character arrives escaped."""
-    return json.dumps(value, separators=(", ", ": "))
+    """ASCII-only JSON on one line: every odd character arrives escaped."""
+    import json  # not every command prints JSON; keep start-up lean
+
+    return json.dumps(value)
 
 
 def wants_rich(stream: TextIO) -> bool:

@@ -1,24 +1,32 @@
 """`tokencli serve`: the original token service's HTTP API over the same TokenService.
 
-Built on the standard library's `http.server`, as a thin adapter: it parses requests,
-calls the service, and writes JSON. Choices that matter for speed and safety:
+A thin adapter: it frames requests, calls the service, and writes JSON. Its shape was
+chosen by the benchmark (docs/benchmarks.md), not by habit:
 
-- One thread per connection (HTTP/1.1 keep-alive), each with its own SQLite connection;
-  writes from all threads go through one in-process lock (see `Store`).
-- Every response leaves in a single `write` with Nagle's algorithm off: a header write
-  followed by a body write stalls ~40 ms on delayed ACKs.
-- Limits on the request line (8 KiB, 414), the header block (64 KiB, 431) and the body
-  (64 KiB, 413), and a socket timeout so a stalled client only holds its own thread.
+- One thread watches every connection with `selectors` and reads without blocking; a
+  request goes to the worker pool only once it has fully arrived. A client that sends
+  half a request and stalls costs a buffer, never a thread, and is dropped after a
+  timeout. A thousand open connections cost a thousand sockets, not a thousand threads.
+- A small, bounded pool of worker threads, each with its own SQLite connection, answers
+  the requests. A worker takes every request waiting in the queue and runs them in one
+  transaction (`Store.batch`), so under load one commit serves many checks; answers go
+  out only after that commit. Thread-per-connection lost both ways on one core: the GIL
+  hands 64 threads the CPU so unevenly that the tail latency ran to 50-150 ms even with
+  no database at all.
+- Each answer leaves in one `send`, with Nagle's algorithm off.
 - Every answer is JSON, errors included; the access log never shows a token's secret.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-import io
 import ipaddress
 import json
+import queue
 import re
+import select
+import selectors
 import socket
 import sys
 import threading
@@ -26,43 +34,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 from urllib.parse import unquote
 
-from tokencli import openapi
+from tokencli import http11, openapi
 from tokencli.durations import DurationError, parse_duration
 from tokencli.errors import InvalidRequestError, StorageError, TokencliError
+from tokencli.http11 import HttpError, Pending, Request
 from tokencli.output import literal
 from tokencli.service import DEFAULT_TTL_SECONDS, TokenService
 
-MAX_REQUEST_LINE = 8 * 1024
-MAX_HEADER_BYTES = 64 * 1024
-MAX_BODY_BYTES = openapi.MAX_BODY_BYTES
 LISTEN_BACKLOG = 1024
-# Long enough for any honest client between keep-alive requests, short enough that
-# half-sent requests do not pile up threads.
-SOCKET_TIMEOUT_SECONDS = 10.0
+WORKERS = 0
+# The most requests one worker answers in one transaction.
+MAX_BATCH = 256
+# A client has this long to finish a request it has started sending.
+REQUEST_TIMEOUT_SECONDS = 10.0
+# An idle keep-alive connection is closed after this long.
+IDLE_TIMEOUT_SECONDS = 60.0
+_RECV_BYTES = 65536
+CHECKPOINT_SECONDS = 0.5
 
 _JSON = "application/json"
 _HTML = "text/html; charset=utf-8"
 
 
-class HttpError(Exception):
-    """An error answer: its status and the detail for the JSON body."""
-
-    def __init__(
-        self, status: HTTPStatus, detail: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
-
-
 @dataclass(frozen=True)
 class Route:
-    """A path pattern and the handler method name for each HTTP method it answers."""
+    """A path pattern and the handler name for each HTTP method it answers."""
 
     template: str
     pattern: re.Pattern[str]
@@ -83,6 +82,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/redoc", re.compile(r"/redoc"), {"GET": "redoc"}),
 )
 _VALID_PREFIX = "/app/valid/"
+_ID_SHAPE = re.compile(r"[a-z2-7]{12}")
 
 
 def redact_path(path: str) -> str:
@@ -91,7 +91,7 @@ def redact_path(path: str) -> str:
     if bare.startswith(_VALID_PREFIX):
         token = bare[len(_VALID_PREFIX) :]
         token_id, colon, _ = unquote(token).partition(":")
-        shown = f"{token_id}:***" if colon and re.fullmatch(r"[a-z2-7]{12}", token_id) else "***"
+        shown = f"{token_id}:***" if colon and _ID_SHAPE.fullmatch(token_id) else "***"
         bare = _VALID_PREFIX + shown
     if "?" in path:
         bare += "?***"
@@ -108,12 +108,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class TokenHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server that knows its service factory, admin key and log."""
+@dataclass
+class Answer:
+    """A response before it is framed."""
 
-    request_queue_size = LISTEN_BACKLOG
-    daemon_threads = True
-    allow_reuse_address = True
+    status: HTTPStatus
+    body: bytes
+    content_type: str = _JSON
+    headers: dict[str, str] | None = None
+
+
+def _json_answer(status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, json.dumps(payload).encode(), _JSON, headers)
+
+
+def _error_answer(status: HTTPStatus, detail: str, headers: dict[str, str] | None = None) -> Answer:
+    return _json_answer(status, {"status_code": int(status), "detail": detail}, headers)
+
+
+# The busiest answers, built once.
+_VALID = _json_answer(HTTPStatus.OK, {"status_code": 200, "status": True})
+_NOT_VALID = _json_answer(HTTPStatus.OK, {"status_code": 200, "status": False})
+
+
+class _Connection:
+    """One client connection as the event loop sees it."""
+
+    __slots__ = ("sock", "peer", "buffer", "last_active", "started", "continued", "close_after")
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.buffer = bytearray()
+        self.last_active = time.monotonic()
+        self.started = 0.0
+        self.continued = False
+        self.close_after = False
+
+
+class TokenHTTPServer:
+    """The token API on one listening socket: an event loop plus a bounded worker pool."""
 
     def __init__(
         self,
@@ -122,207 +156,398 @@ class TokenHTTPServer(ThreadingHTTPServer):
         *,
         admin_key: str | None,
         access_log: TextIO | None,
+        workers: int = WORKERS,
     ) -> None:
         self.open_service = open_service
         self.admin_key = admin_key
         self.access_log = access_log
         self._log_lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        self._handlers_done = threading.Condition(self._connections_lock)
-        self.stopping = False
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, TokenRequestHandler)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(address)
+            self._listener.listen(LISTEN_BACKLOG)
+        except OSError:
+            self._listener.close()
+            raise
+        self._listener.setblocking(False)
+        self.server_address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        self._connections: dict[int, _Connection] = {}
+        self._busy = 0  # requests handed to workers and not yet answered
+        self._jobs: queue.SimpleQueue[tuple[_Connection, Request] | None] = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._worker_count = workers
+        # workers=0: the event loop answers requests itself, between two selects.
+        self._inline = workers == 0
+        self._ready: list[tuple[_Connection, Request]] = []
+        self._inline_service: TokenService | None = None
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._accepting = True
 
     @property
     def url(self) -> str:
         """http://HOST:PORT of the bound socket (the real port when asked for port 0)."""
-        host, port = self.socket.getsockname()[:2]
+        host, port = self.server_address
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
 
-    def log_access(self, line: str) -> None:
-        """Write one access-log line; whole lines only, even from many threads."""
-        if self.access_log is None:
-            return
-        with self._log_lock:
-            self.access_log.write(line + "\n")
-            self.access_log.flush()
+    # -- life cycle ---------------------------------------------------------------------
 
-    def track(self, connection: socket.socket, *, active: bool) -> None:
-        """Remember open connections, so `stop` can end idle keep-alive ones."""
-        with self._connections_lock:
-            if active:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-                self._handlers_done.notify_all()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, let requests in flight finish, close idle connections."""
-        self.stopping = True
-        self.shutdown()
-        with self._connections_lock:
-            for connection in self._connections:
-                # SHUT_RD ends a wait for the next request; a response still being
-                # written goes out whole.
-                try:
-                    connection.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
-            self._handlers_done.wait_for(lambda: not self._connections, timeout)
-        self.server_close()
-
-
-class TokenRequestHandler(BaseHTTPRequestHandler):
-    """One connection: parses each request, routes it, and answers in JSON."""
-
-    server: TokenHTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "tokencli"
-    sys_version = ""
-    disable_nagle_algorithm = True
-    timeout = SOCKET_TIMEOUT_SECONDS
-
-    _service: TokenService | None = None
-    _started = 0.0
-    _status = 0
-
-    # -- connection life ---------------------------------------------------------------
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, active=True)
-
-    def finish(self) -> None:
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Run the event loop and the workers until `stop` is called."""
+        workers = [
+            threading.Thread(target=self._work, name=f"worker-{index}", daemon=True)
+            for index in range(self._worker_count)
+        ]
+        checkpointer = threading.Thread(target=self._checkpoint_regularly, daemon=True)
+        checkpointer.start()
+        for worker in workers:
+            worker.start()
         try:
-            super().finish()
+            self._loop(poll_interval)
         finally:
-            if self._service is not None:
-                self._service.store.close()
-            self.server.track(self.connection, active=False)
+            for _ in range(self._worker_count):
+                self._jobs.put(None)
+            for worker in workers:
+                worker.join(timeout=REQUEST_TIMEOUT_SECONDS)
+            checkpointer.join(timeout=REQUEST_TIMEOUT_SECONDS)
+            for connection in list(self._connections.values()):
+                self._close(connection)
+            if self._inline_service is not None:
+                self._inline_service.store.close()
+            self._selector.close()
+            self._listener.close()
+            self._wake_reader.close()
+            self._wake_writer.close()
+            self._stopped.set()
 
-    def service(self) -> TokenService:
-        """This connection's service, with its own SQLite connection, opened on first use."""
-        if self._service is None:
-            self._service = self.server.open_service()
-        return self._service
+    def stop(self, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        """Stop accepting, finish the requests in flight, then close every connection."""
+        self._stopping.set()
+        self._wake()
+        self._stopped.wait(timeout + 1)
 
-    # -- request parsing ---------------------------------------------------------------
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
 
-    def handle_one_request(self) -> None:
-        """Read one request within the size limits, dispatch it, answer it."""
-        self.command = ""
-        self.request_version = ""
-        self.requestline = ""
-        self.path = ""
-        try:
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-            self._started = time.perf_counter()
-            if not self.raw_requestline:
-                self.close_connection = True
-                return
-            if len(self.raw_requestline) > MAX_REQUEST_LINE:
-                self.close_connection = True
-                self._error(HTTPStatus.REQUEST_URI_TOO_LONG, "request line over 8 KiB")
-                return
-            head = self._read_head()
-            if head is None:
-                return
-            socket_reader = self.rfile
-            self.rfile = io.BytesIO(head)  # parse_request reads the headers from rfile
-            try:
-                parsed = self.parse_request()
-            finally:
-                self.rfile = socket_reader
-            if not parsed:
-                return
-            self._dispatch()
-            if self.server.stopping:
-                self.close_connection = True
-        except (TimeoutError, ConnectionError):
-            self.close_connection = True
+    # -- event loop ---------------------------------------------------------------------
 
-    def _read_head(self) -> bytes | None:
-        """The header block, at most 64 KiB; None (after answering 431) if longer."""
-        lines: list[bytes] = []
-        size = 0
+    def _loop(self, poll_interval: float) -> None:
+        stop_deadline: float | None = None
+        next_sweep = 0.0
         while True:
-            line = self.rfile.readline(MAX_HEADER_BYTES + 1)
-            size += len(line)
-            if size > MAX_HEADER_BYTES:
-                self.close_connection = True
-                self._error(
-                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers over 64 KiB"
-                )
-                return None
-            lines.append(line)
-            if line in (b"\r\n", b"\n", b""):
-                return b"".join(lines)
+            for key, _ in self._selector.select(timeout=poll_interval):
+                if key.fileobj is self._listener:
+                    self._accept()
+                elif key.fileobj is self._wake_reader:
+                    with contextlib.suppress(OSError):
+                        self._wake_reader.recv(4096)
+                else:
+                    self._on_readable(key.data)
+            if self._ready:
+                batch, self._ready = self._ready, []
+                self._answer_inline(batch)
+            self._take_back_finished()
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + 1.0  # once a second: a sweep costs a pass over every connection
+                self._drop_stalled(now)
+            if self._stopping.is_set():
+                if stop_deadline is None:
+                    stop_deadline = now + REQUEST_TIMEOUT_SECONDS
+                    self._stop_accepting()
+                self._close_idle()
+                if (self._busy == 0 and not self._connections) or now > stop_deadline:
+                    return
 
-    def _read_body(self) -> bytes:
-        """The request body, at most 64 KiB; raises HttpError for anything else."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length")
-        declared = self.headers.get("Content-Length")
-        if declared is None:
-            return b""
-        if not declared.strip().isdigit():
-            self.close_connection = True
-            raise HttpError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
-        length = int(declared)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            raise HttpError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"body is {length} bytes; the limit is {MAX_BODY_BYTES}",
-            )
-        body = self.rfile.read(length)
-        if len(body) < length:
-            self.close_connection = True
-            raise HttpError(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
-        return body
+    def _accept(self) -> None:
+        while self._accepting:
+            try:
+                sock, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # Out of file descriptors: stop accepting until a connection closes,
+                # rather than spin on a listener that stays readable.
+                self._selector.unregister(self._listener)
+                self._accepting = False
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = _Connection(sock, str(peer[0]))
+            self._connections[sock.fileno()] = connection
+            self._selector.register(sock, selectors.EVENT_READ, connection)
 
-    # -- dispatch ----------------------------------------------------------------------
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._selector.unregister(self._listener)
+            self._accepting = False
+        self._listener.close()
 
-    def _dispatch(self) -> None:
+    def _on_readable(self, connection: _Connection) -> None:
         try:
-            path = self.path.split("?", 1)[0]
+            data = connection.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(connection)
+            return
+        if not data:
+            self._close(connection)
+            return
+        connection.buffer += data
+        connection.last_active = time.monotonic()
+        self._advance(connection)
+
+    def _advance(self, connection: _Connection) -> None:
+        """Hand the connection's next whole request to the workers, if it has one."""
+        if not connection.buffer:
+            return
+        if not connection.started:
+            connection.started = time.perf_counter()
+        try:
+            item = http11.take_request(connection.buffer)
+        except HttpError as error:
+            self._answer_and_close(connection, error)
+            return
+        if item is None:
+            return
+        if isinstance(item, Pending):
+            if "100-continue" in item.request.headers.get("expect", "").lower():
+                if not connection.continued:
+                    connection.continued = True
+                    with contextlib.suppress(OSError):
+                        connection.sock.send(http11.CONTINUE)
+            return
+        connection.continued = False
+        self._busy += 1
+        if self._inline:
+            self._ready.append((connection, item))
+            return
+        self._selector.unregister(connection.sock)
+        self._jobs.put((connection, item))
+
+    def _answer_and_close(self, connection: _Connection, error: HttpError) -> None:
+        """A request that broke framing or a limit: answer it, then hang up."""
+        answer = _error_answer(error.status, error.detail, error.headers)
+        data = http11.response(
+            answer.status, answer.body, _JSON, close=True, headers=answer.headers
+        )
+        with contextlib.suppress(OSError):
+            connection.sock.send(data)
+        self._log(connection, None, int(error.status))
+        self._close(connection)
+
+    def _answer_inline(self, batch: list[tuple[_Connection, Request]]) -> None:
+        if self._inline_service is None:
+            try:
+                self._inline_service = self._open_serving_service()
+            except TokencliError as error:
+                self._reply_all(batch, _error_answer(HTTPStatus.SERVICE_UNAVAILABLE, str(error)))
+                return
+        self._answer_batch(self._inline_service, batch)
+
+    def _open_serving_service(self) -> TokenService:
+        service = self.open_service()
+        # A checkpoint fsyncs, which can take many milliseconds on a busy disk; the
+        # checkpointer thread does it so the event loop never waits for one.
+        service.store.set_autocheckpoint(0)
+        return service
+
+    def _checkpoint_regularly(self) -> None:
+        """Keep the WAL short while serving."""
+        service: TokenService | None = None
+        failing = False
+        try:
+            while not self._stopping.wait(CHECKPOINT_SECONDS):
+                try:
+                    if service is None:
+                        service = self.open_service()
+                    service.store.checkpoint()
+                    failing = False
+                except TokencliError as error:
+                    if not failing:
+                        self._report(f"checkpoint failed: {error}")
+                    failing = True
+        finally:
+            if service is not None:
+                with contextlib.suppress(TokencliError):
+                    service.store.checkpoint()
+                service.store.close()
+
+    def _finish_inline(self, connection: _Connection) -> None:
+        self._busy -= 1
+        connection.started = 0.0
+        connection.last_active = time.monotonic()
+        if connection.close_after or self._stopping.is_set():
+            self._close(connection)
+        else:
+            self._advance(connection)  # a pipelined request may already be buffered
+
+    def _take_back_finished(self) -> None:
+        while True:
+            try:
+                connection = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            self._busy -= 1
+            connection.started = 0.0
+            connection.last_active = time.monotonic()
+            if connection.close_after or self._stopping.is_set():
+                self._close(connection)
+                continue
+            self._selector.register(connection.sock, selectors.EVENT_READ, connection)
+            self._advance(connection)  # a pipelined request may already be buffered
+
+    def _drop_stalled(self, now: float) -> None:
+        for connection in list(self._connections.values()):
+            if connection.started and self._is_waiting(connection):
+                limit = REQUEST_TIMEOUT_SECONDS
+            elif self._is_waiting(connection):
+                limit = IDLE_TIMEOUT_SECONDS
+            else:
+                continue
+            if now - connection.last_active > limit:
+                self._close(connection)
+
+    def _is_waiting(self, connection: _Connection) -> bool:
+        """True if the connection waits for its client (not for a worker)."""
+        try:
+            self._selector.get_key(connection.sock)
+        except (KeyError, ValueError):
+            return False
+        return True
+
+    def _close_idle(self) -> None:
+        for connection in list(self._connections.values()):
+            if self._is_waiting(connection) and not connection.buffer:
+                self._close(connection)
+
+    def _close(self, connection: _Connection) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(connection.sock)
+        self._connections.pop(connection.sock.fileno(), None)
+        connection.sock.close()
+        if not self._accepting and not self._stopping.is_set():
+            self._selector.register(self._listener, selectors.EVENT_READ)
+            self._accepting = True
+
+    # -- workers ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        """Answer queued requests in batches, one transaction and one commit per batch."""
+        service: TokenService | None = None
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        self._jobs.put(None)  # leave the stop signal for this worker's next turn
+                        break
+                    batch.append(job)
+                if service is None:
+                    try:
+                        service = self._open_serving_service()
+                    except TokencliError as error:
+                        self._reply_all(
+                            batch, _error_answer(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+                        )
+                        continue
+                self._answer_batch(service, batch)
+        finally:
+            if service is not None:
+                service.store.close()
+
+    def _answer_batch(
+        self, service: TokenService, batch: list[tuple[_Connection, Request]]
+    ) -> None:
+        answers: list[Answer] = []
+        try:
+            with service.store.batch():
+                answers = [self._answer(service, request) for _, request in batch]
+        except StorageError as error:
+            # Nothing in the batch was committed: no client may hear otherwise.
+            self._reply_all(batch, _error_answer(HTTPStatus.SERVICE_UNAVAILABLE, str(error)))
+            return
+        except Exception as error:  # a bug must cost one batch, never the worker thread
+            self._report(f"internal error: {type(error).__name__}")
+            self._reply_all(
+                batch, _error_answer(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+            )
+            return
+        for (connection, request), answer in zip(batch, answers, strict=True):
+            self._reply(connection, request, answer)
+
+    def _reply_all(self, batch: list[tuple[_Connection, Request]], answer: Answer) -> None:
+        for connection, request in batch:
+            self._reply(connection, request, answer)
+
+    def _reply(self, connection: _Connection, request: Request, answer: Answer) -> None:
+        close = not request.keep_alive or self._stopping.is_set()
+        data = http11.response(
+            answer.status, answer.body, answer.content_type, close=close, headers=answer.headers
+        )
+        self._log(connection, request, int(answer.status))
+        if not _send_all(connection.sock, data):
+            close = True
+        connection.close_after = close
+        if self._inline:
+            self._finish_inline(connection)
+            return
+        self._finished.put(connection)
+        self._wake()
+
+    # -- routing and endpoints ----------------------------------------------------------
+
+    def _answer(self, service: TokenService, request: Request) -> Answer:
+        try:
+            path = request.path
             for route in ROUTES:
                 match = route.pattern.fullmatch(path)
                 if match is None:
                     continue
-                handler_name = route.methods.get(self.command)
-                body = self._read_body()  # read it whatever happens, to keep the stream in step
+                handler_name = route.methods.get(request.method)
                 if handler_name is None:
                     allowed = ", ".join(route.methods)
                     raise HttpError(
                         HTTPStatus.METHOD_NOT_ALLOWED,
-                        f"{self.command} is not allowed here; use {allowed}",
+                        f"{literal(request.method[:16])} is not allowed here; use {allowed}",
                         {"Allow": allowed},
                     )
-                getattr(self, f"_handle_{handler_name}")(body=body, **match.groupdict())
-                return
-            self._read_body()
+                handler: Callable[..., Answer] = getattr(self, f"_handle_{handler_name}")
+                return handler(service, request, **match.groupdict())
             raise HttpError(HTTPStatus.NOT_FOUND, "no such endpoint; see /openapi.json")
         except HttpError as error:
-            self._error(error.status, error.detail, error.headers)
+            return _error_answer(error.status, error.detail, error.headers)
         except InvalidRequestError as error:
-            self._error(HTTPStatus.BAD_REQUEST, str(error))
+            return _error_answer(HTTPStatus.BAD_REQUEST, str(error))
         except StorageError as error:
-            self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+            return _error_answer(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
         except TokencliError as error:
-            self._error(HTTPStatus.BAD_REQUEST, str(error))
+            return _error_answer(HTTPStatus.BAD_REQUEST, str(error))
 
-    def _require_admin(self) -> None:
-        key = self.server.admin_key
+    def _require_admin(self, request: Request) -> None:
+        key = self.admin_key
         if key is None:
             return
-        scheme, _, presented = self.headers.get("Authorization", "").partition(" ")
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode("utf-8", "surrogateescape"), key.encode("utf-8")
+            presented.strip().encode("latin-1"), key.encode("utf-8")
         ):
             raise HttpError(
                 HTTPStatus.UNAUTHORIZED,
@@ -330,94 +555,74 @@ class TokenRequestHandler(BaseHTTPRequestHandler):
                 {"WWW-Authenticate": 'Bearer realm="tokencli"'},
             )
 
-    # -- endpoints ---------------------------------------------------------------------
+    def _handle_issue(self, service: TokenService, request: Request) -> Answer:
+        self._require_admin(request)
+        issued = service.issue(**_issue_options(request.body))
+        return _json_answer(HTTPStatus.OK, {"status_code": 200, "token": issued.token})
 
-    def _handle_issue(self, body: bytes) -> None:
-        self._require_admin()
-        options = _issue_options(body)
-        issued = self.service().issue(**options)
-        self._send_json(HTTPStatus.OK, {"status_code": 200, "token": issued.token})
+    def _handle_validate(self, service: TokenService, request: Request, token: str) -> Answer:
+        result = service.check(unquote(token, errors="replace"))
+        return _VALID if result.valid else _NOT_VALID
 
-    def _handle_validate(self, body: bytes, token: str) -> None:
-        result = self.service().check(unquote(token, errors="replace"))
-        self._send_json(HTTPStatus.OK, {"status_code": 200, "status": result.valid})
+    def _handle_purge(self, service: TokenService, request: Request) -> Answer:
+        self._require_admin(request)
+        purged = service.purge().purged
+        return _json_answer(HTTPStatus.OK, {"status_code": 200, "status": True, "purged": purged})
 
-    def _handle_purge(self, body: bytes) -> None:
-        self._require_admin()
-        result = self.service().purge()
-        self._send_json(
-            HTTPStatus.OK, {"status_code": 200, "status": True, "purged": result.purged}
-        )
+    def _handle_health(self, service: TokenService, request: Request) -> Answer:
+        service.purge(dry_run=True)  # proves the database answers
+        return _json_answer(HTTPStatus.OK, {"status_code": 200, "status": "ok"})
 
-    def _handle_health(self, body: bytes) -> None:
-        self.service().purge(dry_run=True)  # proves the database answers
-        self._send_json(HTTPStatus.OK, {"status_code": 200, "status": "ok"})
+    def _handle_openapi(self, service: TokenService, request: Request) -> Answer:
+        return _json_answer(HTTPStatus.OK, openapi.document())
 
-    def _handle_openapi(self, body: bytes) -> None:
-        self._send_json(HTTPStatus.OK, openapi.document())
+    def _handle_docs(self, service: TokenService, request: Request) -> Answer:
+        return Answer(HTTPStatus.OK, openapi.SWAGGER_PAGE.encode(), _HTML)
 
-    def _handle_docs(self, body: bytes) -> None:
-        self._send(HTTPStatus.OK, openapi.SWAGGER_PAGE.encode(), _HTML)
+    def _handle_redoc(self, service: TokenService, request: Request) -> Answer:
+        return Answer(HTTPStatus.OK, openapi.REDOC_PAGE.encode(), _HTML)
 
-    def _handle_redoc(self, body: bytes) -> None:
-        self._send(HTTPStatus.OK, openapi.REDOC_PAGE.encode(), _HTML)
+    # -- access log ---------------------------------------------------------------------
 
-    # -- responses ---------------------------------------------------------------------
+    def _report(self, message: str) -> None:
+        with self._log_lock:
+            sys.stderr.write(f"tokencli serve: {message}\n")
+            sys.stderr.flush()
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors found by http.server's own parsing, answered as JSON like the rest."""
-        self.close_connection = True
-        status = HTTPStatus(code)
-        self._error(status, message or status.phrase)
+    def _log(self, connection: _Connection, request: Request | None, status: int) -> None:
+        if self.access_log is None:
+            return
+        elapsed_ms = (time.perf_counter() - connection.started) * 1000 if connection.started else 0
+        if request is None:
+            line = f'{connection.peer} "-" {status} {elapsed_ms:.1f}ms'
+        else:
+            method = literal(request.method[:16])
+            line = (
+                f'{connection.peer} "{method} {redact_path(request.target)}" '
+                f"{status} {elapsed_ms:.1f}ms"
+            )
+        with self._log_lock:
+            self.access_log.write(line + "\n")
+            self.access_log.flush()
 
-    def _error(
-        self, status: HTTPStatus, detail: str, headers: dict[str, str] | None = None
-    ) -> None:
-        self._send_json(status, {"status_code": int(status), "detail": detail}, headers)
 
-    def _send_json(
-        self, status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None
-    ) -> None:
-        self._send(status, json.dumps(payload).encode(), _JSON, headers)
-
-    def _send(
-        self,
-        status: HTTPStatus,
-        body: bytes,
-        content_type: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        """Write status line, headers and body in one write."""
-        self._status = int(status)
-        lines = [
-            f"HTTP/1.1 {int(status)} {status.phrase}",
-            f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}",
-            "Cache-Control: no-store",
-            "X-Content-Type-Options: nosniff",
-        ]
-        lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-        if self.close_connection or self.server.stopping:
-            self.close_connection = True
-            lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        # Logged before the write, so a client that has its answer finds the line there.
-        self._log_request()
+def _send_all(sock: socket.socket, data: bytes) -> bool:
+    """Send everything on a non-blocking socket, waiting for room up to the timeout."""
+    view = memoryview(data)
+    deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
+    while view:
         try:
-            self.wfile.write(head + body)
+            sent = sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            select.select([], [sock], [], remaining)
+            continue
         except OSError:
-            self.close_connection = True
-
-    def _log_request(self) -> None:
-        elapsed_ms = (time.perf_counter() - self._started) * 1000
-        method = literal(self.command[:16]) or "-"
-        self.server.log_access(
-            f'{self.client_address[0]} "{method} {redact_path(self.path)}" '
-            f"{self._status} {elapsed_ms:.1f}ms"
-        )
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        """Silence http.server's own log lines: ours are written by `_log_request`."""
+            return False
+        view = view[sent:]
+    return True
 
 
 def _issue_options(body: bytes) -> dict[str, Any]:
@@ -434,7 +639,8 @@ def _issue_options(body: bytes) -> dict[str, Any]:
         raise HttpError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
     unknown = set(payload) - {"ttl", "label", "uses"}
     if unknown:
-        raise HttpError(HTTPStatus.BAD_REQUEST, f"unknown field(s): {', '.join(sorted(unknown))}")
+        names = ", ".join(sorted(literal(str(name))[:40] for name in unknown))
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"unknown field(s): {names}")
     options: dict[str, Any] = {"ttl_seconds": _ttl_seconds(payload.get("ttl"))}
     label = payload.get("label")
     if label is not None and not isinstance(label, str):
@@ -469,6 +675,9 @@ def make_server(
     *,
     admin_key: str | None = None,
     access_log: TextIO | None = sys.stderr,
+    workers: int = WORKERS,
 ) -> TokenHTTPServer:
     """Bind a server (port 0: any free port); call `serve_forever`, then `stop`."""
-    return TokenHTTPServer((host, port), open_service, admin_key=admin_key, access_log=access_log)
+    return TokenHTTPServer(
+        (host, port), open_service, admin_key=admin_key, access_log=access_log, workers=workers
+    )

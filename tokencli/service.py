@@ -274,9 +274,8 @@ class TokenService:
         with self._store.transaction():
             now = self.now()
             result = self._judge(text, token_id, now)
-            self._store.record(
-                [self._event(now, "check", result.info.id if result.info else None, result.state)]
-            )
+            known_id = result.info.id if result.info else None
+            self._store.record_one(self._event(now, "check", known_id, result.state.value))
         return result
 
     def _judge(self, text: str, token_id: str | None, now: int) -> CheckResult:

@@ -16,7 +16,6 @@ import base64
 import hashlib
 import hmac
 import re
-import secrets
 import zlib
 from dataclasses import dataclass
 
@@ -52,11 +51,15 @@ def _checksum(prefix: str) -> str:
 
 def new_id() -> str:
     """Return a random public token ID."""
+    import secrets  # imported on first use: `check` never generates, so never pays for it
+
     return base64.b32encode(secrets.token_bytes(8)).decode("ascii")[:ID_LENGTH].lower()
 
 
 def generate() -> NewToken:
     """Return a new random token with its storable hash."""
+    import secrets
+
     token_id = new_id()
     prefix = f"{token_id}:{secrets.token_urlsafe(SECRET_BODY_BYTES)}"
     plaintext = prefix + _checksum(prefix)
