@@ -57,7 +57,13 @@ class Served:
             connection.close()
 
 
-def start(db_path: Path, *, admin_key: str | None = None, clock: Clock | None = None) -> Served:
+def start(
+    db_path: Path,
+    *,
+    admin_key: str | None = None,
+    clock: Clock | None = None,
+    workers: int = 0,
+) -> Served:
     lock = threading.Lock()
     log = io.StringIO()
 
@@ -65,14 +71,17 @@ def start(db_path: Path, *, admin_key: str | None = None, clock: Clock | None = 
         store = Store.open(db_path, create=True, write_lock=lock)
         return TokenService(store, clock) if clock is not None else TokenService(store)
 
-    server = make_server(open_service, "127.0.0.1", 0, admin_key=admin_key, access_log=log)
+    server = make_server(
+        open_service, "127.0.0.1", 0, admin_key=admin_key, access_log=log, workers=workers
+    )
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return Served(server, log)
 
 
-@pytest.fixture
-def served(db_path: Path) -> Iterator[Served]:
-    running = start(db_path)
+@pytest.fixture(params=[0, 2], ids=["inline", "pool"])
+def served(db_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
+    """The server answering on its event loop, and with a pool of two workers."""
+    running = start(db_path, workers=request.param)
     yield running
     running.server.stop()
 

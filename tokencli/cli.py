@@ -527,6 +527,15 @@ def serve(
         typer.Option(help="Allow a non-loopback --host with no admin key."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Worker threads answering requests; 0 answers them on the event loop "
+            "(fastest here, see docs/benchmarks.md).",
+        ),
+    ] = 0,
 ) -> None:
     """Serve the token API over HTTP (the original service's endpoints).
 
@@ -565,6 +574,7 @@ def serve(
                 port,
                 admin_key=admin_key,
                 access_log=None if quiet else sys.stderr,
+                workers=workers,
             )
         except OSError as error:
             raise InvalidRequestError(
