@@ -110,7 +110,7 @@ def test_default_ttl_is_sixty_minutes(runner: CliRunner) -> None:
         (["--ttl", "99999999999999999999"], "TTL is too large"),
         (["--uses", "0"], "uses must be a positive"),
         (["--uses", "-1"], "uses must be a positive"),
-        (["--uses", "many"], "integer"),
+        (["--uses", "many"], "--uses"),
         (["--count", "0"], "count must be a positive"),
         (["--count", "-4"], "count must be a positive"),
         (["--count", "1000001"], "count is too large"),
@@ -312,3 +312,32 @@ def test_locked_database_past_the_timeout_exits_3(
     assert result.exit_code == ExitStatus.STORAGE
     assert "locked" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["check", "x"], "check"),
+        (["--db", "/tmp/x.db", "list", "--all"], "list"),
+        (["--db=/tmp/x.db", "purge"], "purge"),
+        (["--help"], None),
+        (["--version"], None),
+        ([], None),
+        (["--db"], None),
+    ],
+)
+def test_the_command_on_the_line_is_found(argv: list[str], expected: str | None) -> None:
+    from tokencli.cli import _command_named
+
+    assert _command_named(argv) == expected
+
+
+def test_trimmed_app_runs_only_the_named_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokencli.cli import _app_for
+
+    trimmed = _app_for(["list"])
+    assert [info.callback.__name__ for info in trimmed.registered_commands] == ["list_tokens"]
+    assert _app_for(["nonsense"]) is app
+    assert _app_for(["--help"]) is app
+    monkeypatch.setenv("_TOKENCLI_COMPLETE", "complete_bash")
+    assert _app_for(["revoke"]) is app

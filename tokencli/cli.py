@@ -6,6 +6,7 @@ message on stderr and the exit code of DESIGN.md, so no traceback reaches a user
 """
 
 import contextlib
+import copy
 import os
 import signal
 import sys
@@ -196,7 +197,9 @@ def check(
     ctx: typer.Context,
     token: Annotated[
         str | None,
-        typer.Argument(help="The token; '-' or nothing reads it from standard input."),
+        typer.Argument(
+            metavar="[TOKEN]", help="The token; '-' or nothing reads it from standard input."
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     quiet: Annotated[
@@ -609,10 +612,47 @@ def _raise_open_file_limit() -> None:
         pass  # not fatal: the server pauses accepting when it runs out
 
 
+def _command_named(argv: list[str]) -> str | None:
+    """The subcommand on the command line, skipping the root options; None if unsure."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--db":
+            index += 2
+        elif word.startswith("--db="):
+            index += 1
+        elif word.startswith("-"):
+            return None  # --help, --version, completion flags, typos: the full app answers
+        else:
+            return word
+    return None
+
+
+def _app_for(argv: list[str]) -> typer.Typer:
+    """The app, trimmed to the one command being run.
+
+    Typer builds every command's parser before running any; trimming the others saves
+    a third of what tokencli adds to Python's start-up (docs/benchmarks.md).
+    """
+    name = _command_named(argv)
+    if name is None or "_TOKENCLI_COMPLETE" in os.environ:
+        return app
+    chosen = [
+        info
+        for info in app.registered_commands
+        if (info.name or getattr(info.callback, "__name__", "").replace("_", "-")) == name
+    ]
+    if not chosen:
+        return app
+    trimmed = copy.copy(app)
+    trimmed.registered_commands = chosen
+    return trimmed
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        _app_for(sys.argv[1:])()
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         sys.exit(int(ExitStatus.INTERRUPTED))
