@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -45,11 +44,13 @@ app = typer.Typer(
 )
 
 
-@dataclass
 class AppState:
     """What the root options decide for every command."""
 
-    db_path: Path
+    __slots__ = ("db_path",)
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
 
 
 def _error(message: str) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import NamedTuple
 
 from tokencli import tokens
 from tokencli.errors import InvalidRequestError, NotFoundError
@@ -44,8 +44,7 @@ class TokenState(StrEnum):
     USED_UP = "used_up"
 
 
-@dataclass(frozen=True, slots=True)
-class TokenInfo:
+class TokenInfo(NamedTuple):
     """The public face of a token: everything but its secret."""
 
     id: str
@@ -56,16 +55,14 @@ class TokenInfo:
     state: TokenState
 
 
-@dataclass(frozen=True, slots=True)
-class IssuedToken:
+class IssuedToken(NamedTuple):
     """A token just issued: its public info and the plaintext, shown this once."""
 
     info: TokenInfo
     token: str
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
+class CheckResult(NamedTuple):
     """The verdict on a presented token, with its info when the token is known."""
 
     state: TokenState
@@ -77,8 +74,7 @@ class CheckResult:
         return self.state is TokenState.VALID
 
 
-@dataclass(frozen=True, slots=True)
-class PurgeResult:
+class PurgeResult(NamedTuple):
     """How many tokens purge deleted (or would delete, on a dry run)."""
 
     purged: int
@@ -137,8 +133,7 @@ def _validate_positive(name: str, value: int | None, limit: int) -> None:
         raise InvalidRequestError(f"{name} is too large ({value}); the limit is {limit:,}")
 
 
-@dataclass(frozen=True, slots=True)
-class Stats:
+class Stats(NamedTuple):
     """What `stats` reports: counts by condition, the next expiry, where the file is."""
 
     live: int
@@ -291,8 +286,8 @@ class TokenService:
             return CheckResult(state, _info(record, state))
         if not self._store.consume_use(token_id, now):
             used_up = TokenState.USED_UP
-            return CheckResult(used_up, replace(_info(record, used_up), uses_left=0))
-        return CheckResult(state, replace(_info(record, state), uses_left=record.uses_left - 1))
+            return CheckResult(used_up, _info(record, used_up)._replace(uses_left=0))
+        return CheckResult(state, _info(record, state)._replace(uses_left=record.uses_left - 1))
 
     # -- revoke, renew, rotate -------------------------------------------------------------
 
@@ -352,7 +347,7 @@ class TokenService:
                 )
         if refused is not None:
             raise refused
-        return replace(_info(record, TokenState.VALID), expires_at=now + ttl_seconds)
+        return _info(record, TokenState.VALID)._replace(expires_at=now + ttl_seconds)
 
     def rotate(
         self, id_or_token: str, *, grace_seconds: int = 0, ttl_seconds: int | None = None

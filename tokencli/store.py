@@ -22,7 +22,6 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -49,8 +48,7 @@ class IdCollisionError(StorageError):
     """A freshly generated ID already exists (about one in 10^12 per token)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
+class TokenRecord(NamedTuple):
     """One stored token, exactly as the row holds it (times are UTC epoch seconds)."""
 
     id: str
@@ -74,8 +72,7 @@ class AuditEvent(NamedTuple):
     detail: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Counts:
+class Counts(NamedTuple):
     """Token counts by condition at one moment, for `stats`."""
 
     live: int

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import re
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ID_LENGTH = 12
 SECRET_BODY_BYTES = 18
@@ -35,8 +35,7 @@ class MalformedTokenError(ValueError):
     """The text cannot be a tokencli token (wrong shape or failed checksum)."""
 
 
-@dataclass(frozen=True, slots=True)
-class NewToken:
+class NewToken(NamedTuple):
     """A freshly generated token: the plaintext to show once and the hash to store."""
 
     id: str
