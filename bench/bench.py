@@ -83,6 +83,13 @@ def hyperfine(
     return [statistics.median(result["times"]) for result in results]
 
 
+def interleaved(commands: list[str], *, rounds: int = 5, runs: int = 10) -> list[float]:
+    """Median of per-round medians, the commands taking turns round by round, so a slow
+    minute on a shared machine lands on all of them rather than on whichever ran then."""
+    results = [hyperfine(commands, runs=runs, warmup=2) for _ in range(rounds)]
+    return [statistics.median(column) for column in zip(*results, strict=True)]
+
+
 def fresh(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -211,10 +218,7 @@ def bench_startup(tokencli: str, python: str, work: Path) -> None:
         f"{tokencli} --db {db} check {token}",
         f"{tokencli} --db {db} issue",
     ]
-    # Five rounds of ten, the three commands taking turns, so a slow minute on a shared
-    # machine lands on all of them rather than on whichever ran then.
-    rounds = [hyperfine(commands, runs=10, warmup=2) for _ in range(5)]
-    floor, check, issue = (statistics.median(column) for column in zip(*rounds, strict=True))
+    floor, check, issue = interleaved(commands)
     for name, ours in (("start-up: check TOKEN", check), ("start-up: issue", issue)):
         ratio = ours / floor
         record(

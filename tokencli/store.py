@@ -6,7 +6,7 @@ replicated database, can be added later without touching the service or its adap
 
 Three decisions shape this module:
 
-- A file is checked before anything writes to it. Its header must say SQLite and carry
+- A file is checked before anything writes to it. SQLite must read it, and it must carry
   tokencli's `application_id`; its `user_version` must not be newer than this code. A
   file that fails is refused and left byte-for-byte untouched.
 - A new database is built under a temporary name and linked into place fully formed, so
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 # "tknc": marks a SQLite file as ours, so another application's database is refused.
 APPLICATION_ID = 0x746B6E63
 BUSY_TIMEOUT_SECONDS = 10.0
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_HEADER_SIZE = 100
-_APPLICATION_ID_OFFSET = 68
 
 # (id, secret_hash, label, created_at, expires_at, uses_left), as `insert_tokens` takes it.
 NewRow = tuple[str, bytes, str | None, int, int, int | None]
@@ -179,33 +176,36 @@ def _storage_errors(path: Path | None) -> Iterator[None]:
         raise StorageError(f"cannot use database at {where}: {error.strerror or error}") from None
 
 
-def _check_file(path: Path) -> None:
-    """Refuse, without writing, any file that is not a tokencli database."""
-    if path.is_dir():
-        raise StorageError(f"{path} is a folder, not a database file; pass --db FILE")
-    with path.open("rb") as handle:
-        header = handle.read(_HEADER_SIZE)
+def _check_identity(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse, without writing, any file that is not a tokencli database.
+
+    The check goes through SQLite rather than reading the file's header with open():
+    closing any descriptor of a database file drops every POSIX lock this process holds
+    on it, so a raw read beside a live connection (the server's) lets other processes
+    reset the WAL under that connection's feet and corrupt what it reads.
+    """
     hint = "(refusing to touch it); pass --db to choose another file"
-    if not header:
+    try:
+        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        if "not a database" in str(error):
+            raise StorageError(f"{path} is not a SQLite database {hint}") from None
+        raise StorageError(
+            f"database at {path} is damaged ({error}); it was left as it is"
+        ) from None
+    if application_id == APPLICATION_ID:
+        return
+    if path.stat().st_size == 0:
         raise StorageError(f"database at {path} is an empty file, not a tokencli database {hint}")
-    if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
-        raise StorageError(f"{path} is not a SQLite database {hint}")
-    offset = _APPLICATION_ID_OFFSET
-    application_id = int.from_bytes(header[offset : offset + 4], "big")
-    if application_id != APPLICATION_ID:
-        raise StorageError(f"database at {path} is not a tokencli database {hint}")
+    raise StorageError(f"database at {path} is not a tokencli database {hint}")
 
 
 def _connect(path: Path | str) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
     # lock up front and waits on the busy timeout instead of failing on upgrade.
-    connection = sqlite3.connect(
+    return sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
     )
-    # NORMAL is crash-safe in WAL mode (a killed process loses nothing committed); only
-    # a power cut can drop the last commits, which is the usual trade for a local tool.
-    connection.execute("PRAGMA synchronous = NORMAL")
-    return connection
 
 
 def _create_database(path: Path) -> None:
@@ -268,9 +268,14 @@ class Store:
                 if not create:
                     return cls.empty()
                 _create_database(path)
-            _check_file(path)
+            if path.is_dir():
+                raise StorageError(f"{path} is a folder, not a database file; pass --db FILE")
             connection = _connect(path)
             try:
+                _check_identity(connection, path)
+                # NORMAL is crash-safe in WAL mode (a killed process loses nothing it
+                # committed); only a power cut can drop the last commits.
+                connection.execute("PRAGMA synchronous = NORMAL")
                 version = _user_version(connection)
                 if version > SCHEMA_VERSION:
                     raise StorageError(
