@@ -9,8 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from tokencli import __version__
+from tokencli.service import MAX_LABEL_LENGTH, MAX_TTL_SECONDS, MAX_USES
 
 MAX_BODY_BYTES = 64 * 1024
+# What the service accepts, as far as a pattern can say it: units largest first, each
+# with a bound small enough that no combination passes 3650 days, never zero.
+TTL_PATTERN = (
+    r"^(?=[0-9])([1-9][0-9]{0,7}|([1-9][0-9]?w)?([1-9][0-9]{0,2}d)?([1-9][0-9]{0,3}h)?"
+    r"([1-9][0-9]{0,4}m)?([1-9][0-9]{0,5}s)?)$"
+)
+LABEL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]*$"
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
@@ -138,16 +146,24 @@ def document() -> dict[str, Any]:
                     "properties": {
                         "ttl": {
                             "oneOf": [
-                                {"type": "string", "example": "15m"},
-                                {"type": "integer", "minimum": 1},
+                                {"type": "string", "pattern": TTL_PATTERN, "example": "15m"},
+                                {"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS},
                             ],
+                            "nullable": True,
                             "description": "Lifetime: 90s, 15m, 1h30m, 7d, or seconds; "
                             "default 60m, at most 3650d",
                         },
-                        "label": {"type": "string", "maxLength": 200, "nullable": True},
+                        "label": {
+                            "type": "string",
+                            "maxLength": MAX_LABEL_LENGTH,
+                            "pattern": LABEL_PATTERN,
+                            "nullable": True,
+                            "description": "Printable text; control characters are refused",
+                        },
                         "uses": {
                             "type": "integer",
                             "minimum": 1,
+                            "maximum": MAX_USES,
                             "nullable": True,
                             "description": "Valid for this many checks; default unlimited",
                         },

@@ -53,6 +53,9 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 # An idle keep-alive connection is closed after this long.
 IDLE_TIMEOUT_SECONDS = 60.0
 _RECV_BYTES = 65536
+# After an error answer, how long and how much of the rest of a request is read and dropped.
+DRAIN_SECONDS = 2.0
+MAX_DRAIN_BYTES = 16 * 1024 * 1024
 CHECKPOINT_SECONDS = 0.5
 
 _JSON = "application/json"
@@ -134,7 +137,17 @@ _NOT_VALID = _json_answer(HTTPStatus.OK, {"status_code": 200, "status": False})
 class _Connection:
     """One client connection as the event loop sees it."""
 
-    __slots__ = ("sock", "peer", "buffer", "last_active", "started", "continued", "close_after")
+    __slots__ = (
+        "sock",
+        "peer",
+        "buffer",
+        "last_active",
+        "started",
+        "continued",
+        "close_after",
+        "draining_until",
+        "drained",
+    )
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
@@ -144,6 +157,8 @@ class _Connection:
         self.started = 0.0
         self.continued = False
         self.close_after = False
+        self.draining_until = 0.0  # after an error answer: reading and dropping until then
+        self.drained = 0
 
 
 class TokenHTTPServer:
@@ -303,6 +318,11 @@ class TokenHTTPServer:
         if not data:
             self._close(connection)
             return
+        if connection.draining_until:
+            connection.drained += len(data)
+            if connection.drained > MAX_DRAIN_BYTES:
+                self._close(connection)
+            return
         connection.buffer += data
         connection.last_active = time.monotonic()
         self._advance(connection)
@@ -341,10 +361,18 @@ class TokenHTTPServer:
         data = http11.response(
             answer.status, answer.body, _JSON, close=True, headers=answer.headers
         )
-        with contextlib.suppress(OSError):
-            connection.sock.send(data)
         self._log(connection, None, int(error.status))
-        self._close(connection)
+        try:
+            connection.sock.send(data)
+            connection.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(connection)
+            return
+        # Closing now, with the rest of an oversized request unread, would make the kernel
+        # reset the connection and the client might never read the answer; read and drop
+        # what still comes for a moment instead (a "lingering close").
+        connection.buffer.clear()
+        connection.draining_until = time.monotonic() + DRAIN_SECONDS
 
     def _answer_inline(self, batch: list[tuple[_Connection, Request]]) -> None:
         if self._inline_service is None:
@@ -409,6 +437,10 @@ class TokenHTTPServer:
 
     def _drop_stalled(self, now: float) -> None:
         for connection in list(self._connections.values()):
+            if connection.draining_until:
+                if now > connection.draining_until:
+                    self._close(connection)
+                continue
             if connection.started and self._is_waiting(connection):
                 limit = REQUEST_TIMEOUT_SECONDS
             elif self._is_waiting(connection):
@@ -633,8 +665,6 @@ def _issue_options(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise HttpError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
-    if payload is None:
-        return {}
     if not isinstance(payload, dict):
         raise HttpError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
     unknown = set(payload) - {"ttl", "label", "uses"}
