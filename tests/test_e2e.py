@@ -61,7 +61,7 @@ def test_ctrl_c_while_waiting_for_stdin_exits_130() -> None:
         stderr=subprocess.PIPE,
         text=True,
     ) as process:
-        time.sleep(1.0)  # let it start and block on stdin
+        time.sleep(2.0)  # let it start and block on stdin
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130

@@ -658,8 +658,8 @@ def _send_all(sock: socket.socket, data: bytes) -> bool:
 
 
 def _issue_options(body: bytes) -> dict[str, Any]:
-    """The options of POST /app/token from its optional JSON body."""
-    if not body.strip():
+    """The options of POST /app/token from its optional JSON body (absent: defaults)."""
+    if not body:
         return {}
     try:
         payload = json.loads(body)

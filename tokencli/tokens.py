@@ -13,11 +13,47 @@ password, so a slow password hash would buy nothing but latency.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
+import importlib
 import re
 import zlib
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Protocol, cast
+
+
+class _Digest(Protocol):
+    def digest(self) -> bytes: ...
+
+
+def _builtin_sha256() -> Callable[[bytes], _Digest]:
+    """Python's own SHA-256 when this Python has it, else hashlib's.
+
+    Importing hashlib (or hmac) loads OpenSSL: about 3 ms of every run of `check`, for a
+    function Python also carries built in (docs/benchmarks.md).
+    """
+    for module_name in ("_sha2", "_sha256"):  # Python 3.12+, then 3.11
+        try:
+            return cast(Callable[[bytes], _Digest], importlib.import_module(module_name).sha256)
+        except (ImportError, AttributeError):
+            continue
+    from hashlib import sha256
+
+    return sha256
+
+
+def _builtin_compare_digest() -> Callable[[str | bytes, str | bytes], bool]:
+    """A constant-time comparison: operator's built-in one, which is what hmac exports."""
+    try:
+        from _operator import _compare_digest
+
+        return cast(Callable[[str | bytes, str | bytes], bool], _compare_digest)
+    except ImportError:  # pragma: no cover - other Pythons
+        from hmac import compare_digest
+
+        return compare_digest
+
+
+sha256 = _builtin_sha256()
+compare_digest = _builtin_compare_digest()
 
 ID_LENGTH = 12
 SECRET_BODY_BYTES = 18
@@ -67,7 +103,7 @@ def generate() -> NewToken:
 
 def hash_token(plaintext: str) -> bytes:
     """Return the SHA-256 digest stored in place of the token."""
-    return hashlib.sha256(plaintext.encode("ascii")).digest()
+    return sha256(plaintext.encode("ascii")).digest()
 
 
 def parse(text: str) -> str:
@@ -82,7 +118,7 @@ def parse(text: str) -> str:
     if match is None:
         raise MalformedTokenError("not a tokencli token (wrong shape)")
     token_id, body, checksum = match.groups()
-    if not hmac.compare_digest(_checksum(f"{token_id}:{body}"), checksum):
+    if not compare_digest(_checksum(f"{token_id}:{body}"), checksum):
         raise MalformedTokenError(
             "not a tokencli token (checksum mismatch: mistyped or truncated?)"
         )
@@ -91,7 +127,7 @@ def parse(text: str) -> str:
 
 def matches(text: str, stored_hash: bytes) -> bool:
     """Compare a presented token with a stored hash in constant time."""
-    return hmac.compare_digest(hash_token(text.strip()), stored_hash)
+    return compare_digest(hash_token(text.strip()), stored_hash)
 
 
 def is_token_id(text: str) -> bool:
