@@ -1,6 +1,12 @@
-"""Helpers the tests import: a clock moved by hand."""
+"""Helpers the tests import: a clock moved by hand, and files that are not ours."""
 
 from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tokencli.service import TokenService
+from tokencli.store import Store
 
 START = 1_790_000_000  # a fixed UTC instant (2026-09-21), so tests never read the wall clock
 
@@ -16,3 +22,21 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def truncated_database(path: Path) -> None:
+    """A real tokencli database with its second half cut off."""
+    service = TokenService(Store.open(path, create=True))
+    list(service.issue_batches(count=3000))
+    service.store.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def other_application_database(path: Path) -> None:
+    """A healthy SQLite file that belongs to someone else."""
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE notes (body TEXT)")
+    connection.execute("INSERT INTO notes VALUES ('keep me')")
+    connection.commit()
+    connection.close()

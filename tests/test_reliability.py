@@ -32,6 +32,8 @@ from tokencli.errors import ExitStatus
 from tokencli.service import TokenService
 from tokencli.store import Store
 
+from support import other_application_database, truncated_database
+
 EXECUTABLE = shutil.which("tokencli")
 needs_executable = pytest.mark.skipif(EXECUTABLE is None, reason="tokencli is not installed")
 
@@ -166,28 +168,12 @@ def test_sigkill_mid_issue_leaves_whole_transactions_only(db_path: Path) -> None
 # -- hostile and broken files ----------------------------------------------------------
 
 
-def _truncated_database(path: Path) -> None:
-    service = TokenService(Store.open(path, create=True))
-    list(service.issue_batches(count=3000))
-    service.store.close()
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
 HOSTILE = {
     "random bytes": lambda path: path.write_bytes(os.urandom(8192)),
     "empty file": lambda path: path.write_bytes(b""),
-    "other sqlite": lambda path: _other_application(path),
-    "truncated tokencli": _truncated_database,
+    "other sqlite": other_application_database,
+    "truncated tokencli": truncated_database,
 }
-
-
-def _other_application(path: Path) -> None:
-    connection = sqlite3.connect(path)
-    connection.execute("CREATE TABLE notes (body TEXT)")
-    connection.execute("INSERT INTO notes VALUES ('keep me')")
-    connection.commit()
-    connection.close()
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))

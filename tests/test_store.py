@@ -16,6 +16,8 @@ from tokencli.errors import StorageError
 from tokencli.service import TokenService
 from tokencli.store import APPLICATION_ID, SCHEMA_VERSION, Store
 
+from support import other_application_database, truncated_database
+
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -137,24 +139,8 @@ def _empty_file(path: Path) -> None:
     path.write_bytes(b"")
 
 
-def _other_sqlite(path: Path) -> None:
-    connection = sqlite3.connect(path)
-    connection.execute("CREATE TABLE notes (body TEXT)")
-    connection.execute("INSERT INTO notes VALUES ('precious')")
-    connection.commit()
-    connection.close()
-
-
 def _short_header(path: Path) -> None:
     path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 10)
-
-
-def _truncated_tokencli(path: Path) -> None:
-    service = TokenService(Store.open(path, create=True))
-    list(service.issue_batches(count=3000))
-    service.store.close()
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 3])
 
 
 @pytest.mark.parametrize(
@@ -162,9 +148,9 @@ def _truncated_tokencli(path: Path) -> None:
     [
         (_random_file, "not a SQLite database"),
         (_empty_file, "empty file"),
-        (_other_sqlite, "not a tokencli database"),
+        (other_application_database, "not a tokencli database"),
         (_short_header, "not a SQLite database"),
-        (_truncated_tokencli, "damaged"),
+        (truncated_database, "damaged"),
     ],
 )
 @pytest.mark.parametrize("create", [True, False])

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -89,6 +89,11 @@ def _duration(text: str) -> int:
         raise typer.BadParameter(str(error)) from None
 
 
+def _duration_option(help_text: str) -> Any:
+    """A --ttl-style option: parsed by the duration parser, shown as DURATION in help."""
+    return typer.Option(parser=_duration, metavar="DURATION", help=help_text)
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -123,10 +128,8 @@ def issue(
     ctx: typer.Context,
     ttl: Annotated[
         int,
-        typer.Option(
-            parser=_duration,
-            metavar="DURATION",
-            help="Lifetime: 90s, 15m, 2h, 7d, 1w, 1h30m; a bare number is seconds. At most 3650d.",
+        _duration_option(
+            "Lifetime: 90s, 15m, 2h, 7d, 1w, 1h30m; a bare number is seconds. At most 3650d."
         ),
     ] = "60m",  # type: ignore[assignment]  # parsed by _duration
     label: Annotated[
@@ -245,6 +248,11 @@ def _complete_live_ids(ctx: typer.Context, incomplete: str) -> list[tuple[str, s
         return []  # a completion must never print an error into the prompt
 
 
+def _live_token_argument(help_text: str) -> Any:
+    """An ID_OR_TOKEN argument that completes live token IDs in the shell."""
+    return typer.Argument(metavar="ID_OR_TOKEN", help=help_text, autocompletion=_complete_live_ids)
+
+
 @app.command()
 def revoke(
     ctx: typer.Context,
@@ -320,11 +328,7 @@ def purge(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
     audit_retention: Annotated[
         int | None,
-        typer.Option(
-            parser=_duration,
-            metavar="DURATION",
-            help="Also drop audit events older than this, e.g. 90d.",
-        ),
+        _duration_option("Also drop audit events older than this, e.g. 90d."),
     ] = None,
 ) -> None:
     """Delete every expired, used-up and revoked token, and say how many.
@@ -357,19 +361,11 @@ def renew(
     ctx: typer.Context,
     token_id: Annotated[
         str,
-        typer.Argument(
-            metavar="ID_OR_TOKEN",
-            help="The live token to extend.",
-            autocompletion=_complete_live_ids,
-        ),
+        _live_token_argument("The live token to extend."),
     ],
     ttl: Annotated[
         int,
-        typer.Option(
-            parser=_duration,
-            metavar="DURATION",
-            help="New lifetime, counted from now (at most 3650d).",
-        ),
+        _duration_option("New lifetime, counted from now (at most 3650d)."),
     ] = "60m",  # type: ignore[assignment]  # parsed by _duration
     json_output: Annotated[bool, typer.Option("--json", help="Print the token as JSON.")] = False,
 ) -> None:
@@ -393,27 +389,15 @@ def rotate(
     ctx: typer.Context,
     token_id: Annotated[
         str,
-        typer.Argument(
-            metavar="ID_OR_TOKEN",
-            help="The live token to replace.",
-            autocompletion=_complete_live_ids,
-        ),
+        _live_token_argument("The live token to replace."),
     ],
     grace: Annotated[
         int,
-        typer.Option(
-            parser=_duration,
-            metavar="DURATION",
-            help="How long the old token stays valid (default: not at all).",
-        ),
+        _duration_option("How long the old token stays valid (default: not at all)."),
     ] = "0s",  # type: ignore[assignment]  # parsed by _duration
     ttl: Annotated[
         int | None,
-        typer.Option(
-            parser=_duration,
-            metavar="DURATION",
-            help="Lifetime of the new token (default: the old token's lifetime).",
-        ),
+        _duration_option("Lifetime of the new token (default: the old token's lifetime)."),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the new token as JSON.")
@@ -461,9 +445,7 @@ def audit(
     ctx: typer.Context,
     since: Annotated[
         int | None,
-        typer.Option(
-            parser=_duration, metavar="DURATION", help="Only events this recent, e.g. 1d."
-        ),
+        _duration_option("Only events this recent, e.g. 1d."),
     ] = None,
     token: Annotated[
         str | None,
