@@ -410,6 +410,10 @@ class TokenService:
             self._store.record([self._event(now, "purge", None, "purged", detail)])
         return PurgeResult(purged, dry_run=False, audit_events_dropped=dropped)
 
+    def ping(self) -> None:
+        """Raise StorageError unless the database can be read."""
+        self._store.ping()
+
     def stats(self) -> Stats:
         """Counts by condition, the next expiry, the database path and size."""
         counts = self._store.counts(self.now())

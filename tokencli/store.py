@@ -466,6 +466,11 @@ class Store:
             ).fetchall()
         return [(str(row[0]), row[1]) for row in rows]
 
+    def ping(self) -> None:
+        """Prove the database answers, at the cost of one page read."""
+        with _storage_errors(self.path):
+            self._connection.execute("SELECT 1 FROM tokens LIMIT 1").fetchall()
+
     def count_ended(self, now: int) -> int:
         """How many rows purge would delete at `now`."""
         with _storage_errors(self.path):
