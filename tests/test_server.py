@@ -369,3 +369,20 @@ def test_real_serve_subprocess_stops_cleanly_on_sigterm(db_path: Path, tmp_path:
     assert process.returncode == 0
     assert "Traceback" not in rest
     assert payload["token"].split(":")[1] not in rest
+
+
+def test_unusable_database_answers_503_in_json(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.db"
+    foreign.write_bytes(b"not a database" * 100)
+    before = foreign.read_bytes()
+    running = start(foreign)
+    try:
+        for method, path in (("GET", "/health"), ("GET", "/app/valid/x"), ("POST", "/app/token")):
+            status, _, payload = running.request(method, path)
+            assert (status, payload["status_code"]) == (503, 503)
+            assert "not a SQLite database" in payload["detail"]
+        assert running.request("GET", "/openapi.json")[0] == 200  # needs no database
+        assert running.request("GET", "/nowhere")[0] == 404
+    finally:
+        running.server.stop()
+    assert foreign.read_bytes() == before

@@ -84,6 +84,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/docs", re.compile(r"/docs"), {"GET": "docs"}),
     Route("/redoc", re.compile(r"/redoc"), {"GET": "redoc"}),
 )
+_NEEDS_STORE = frozenset({"issue", "validate", "purge", "health"})
 _VALID_PREFIX = "/app/valid/"
 _ID_SHAPE = re.compile(r"[a-z2-7]{12}")
 
@@ -379,9 +380,16 @@ class TokenHTTPServer:
             try:
                 self._inline_service = self._open_serving_service()
             except TokencliError as error:
-                self._reply_all(batch, _error_answer(HTTPStatus.SERVICE_UNAVAILABLE, str(error)))
+                self._answer_without_store(batch, error)
                 return
         self._answer_batch(self._inline_service, batch)
+
+    def _answer_without_store(
+        self, batch: list[tuple[_Connection, Request]], error: TokencliError
+    ) -> None:
+        """The database cannot be opened: 503 for what needs it, the rest as usual."""
+        for connection, request in batch:
+            self._reply(connection, request, self._answer(None, request, str(error)))
 
     def _open_serving_service(self) -> TokenService:
         service = self.open_service()
@@ -496,9 +504,7 @@ class TokenHTTPServer:
                     try:
                         service = self._open_serving_service()
                     except TokencliError as error:
-                        self._reply_all(
-                            batch, _error_answer(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
-                        )
+                        self._answer_without_store(batch, error)
                         continue
                 self._answer_batch(service, batch)
         finally:
@@ -546,7 +552,10 @@ class TokenHTTPServer:
 
     # -- routing and endpoints ----------------------------------------------------------
 
-    def _answer(self, service: TokenService, request: Request) -> Answer:
+    def _answer(
+        self, service: TokenService | None, request: Request, unavailable: str = ""
+    ) -> Answer:
+        """Route one request; with no service, what needs the store gets 503."""
         try:
             path = request.path
             for route in ROUTES:
@@ -561,6 +570,8 @@ class TokenHTTPServer:
                         f"{literal(request.method[:16])} is not allowed here; use {allowed}",
                         {"Allow": allowed},
                     )
+                if service is None and handler_name in _NEEDS_STORE:
+                    raise StorageError(unavailable)
                 handler: Callable[..., Answer] = getattr(self, f"_handle_{handler_name}")
                 return handler(service, request, **match.groupdict())
             raise HttpError(HTTPStatus.NOT_FOUND, "no such endpoint; see /openapi.json")
