@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from pathlib import Path
 
 from tokencli.service import TokenService
@@ -40,3 +41,14 @@ def other_application_database(path: Path) -> None:
     connection.execute("INSERT INTO notes VALUES ('keep me')")
     connection.commit()
     connection.close()
+
+
+def check_reading_stdin(executable: str) -> subprocess.Popen[str]:
+    """`tokencli check` started with no argument, waiting for the token on stdin."""
+    return subprocess.Popen(
+        [executable, "check"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -14,6 +14,8 @@ import pytest
 
 from tokencli import __version__
 
+from support import check_reading_stdin
+
 EXECUTABLE = shutil.which("tokencli")
 pytestmark = pytest.mark.skipif(EXECUTABLE is None, reason="tokencli is not installed on PATH")
 
@@ -54,13 +56,7 @@ def test_issue_then_check_then_garbage(db_path: Path) -> None:
 
 def test_ctrl_c_while_waiting_for_stdin_exits_130() -> None:
     assert EXECUTABLE is not None
-    with subprocess.Popen(
-        [EXECUTABLE, "check"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
+    with check_reading_stdin(EXECUTABLE) as process:
         time.sleep(2.0)  # let it start and block on stdin
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)

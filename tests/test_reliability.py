@@ -32,7 +32,7 @@ from tokencli.errors import ExitStatus
 from tokencli.service import TokenService
 from tokencli.store import Store
 
-from support import other_application_database, truncated_database
+from support import check_reading_stdin, other_application_database, truncated_database
 
 EXECUTABLE = shutil.which("tokencli")
 needs_executable = pytest.mark.skipif(EXECUTABLE is None, reason="tokencli is not installed")
@@ -313,13 +313,7 @@ def test_no_plaintext_secret_in_file_log_audit_or_ps(db_path: Path, tmp_path: Pa
     issued = tokencli("issue", "--count", "5", "--uses", "3")
     tokens = issued.stdout.split()
     secrets_only = [token.split(":")[1] for token in tokens]
-    with subprocess.Popen(
-        [EXECUTABLE, "check"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as checker:
+    with check_reading_stdin(EXECUTABLE) as checker:
         time.sleep(0.5)
         listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         out, _ = checker.communicate(tokens[0] + "\n", timeout=60)
