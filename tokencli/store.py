@@ -282,7 +282,8 @@ class Store:
                         f"database at {path} has schema version {version}, newer than this "
                         f"tokencli understands ({SCHEMA_VERSION}); upgrade tokencli"
                     )
-                migrate(connection)
+                if version < SCHEMA_VERSION:  # every open of a current file skips this
+                    migrate(connection)
             except BaseException:
                 connection.close()
                 raise
