@@ -12,11 +12,11 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from tokencli import __version__
-from tokencli import store as store_module
 from tokencli.cli import app
 from tokencli.errors import ExitStatus
 from tokencli.service import TokenService
 from tokencli.store import Store
+from tokencli.store import sqlite as store_module
 
 from support import Clock
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from tokencli import store as store_module
 from tokencli.errors import StorageError
 from tokencli.service import TokenService
-from tokencli.store import APPLICATION_ID, SCHEMA_VERSION, Store
+from tokencli.store import Store
+from tokencli.store import sqlite as store_module
+from tokencli.store.sqlite import APPLICATION_ID, SCHEMA_VERSION
 
 from support import other_application_database, truncated_database
 

@@ -234,7 +234,7 @@ def _create_database(path: Path) -> None:
         os.unlink(temporary_name)
 
 
-class Store:
+class SQLiteStore:
     """A tokencli database: a checked, migrated SQLite connection and its queries.
 
     Every write happens inside `transaction()`, so a change and its audit event commit
@@ -261,7 +261,7 @@ class Store:
         *,
         create: bool,
         write_lock: contextlib.AbstractContextManager[Any] | None = None,
-    ) -> Store:
+    ) -> SQLiteStore:
         """Open the database at `path`; create it if `create`, else read a missing one as empty."""
         with _storage_errors(path):
             if not path.exists() and not path.is_symlink():
@@ -290,7 +290,7 @@ class Store:
             return cls(connection, path, write_lock)
 
     @classmethod
-    def empty(cls) -> Store:
+    def empty(cls) -> SQLiteStore:
         """An in-memory store, so read-only commands on a missing file create nothing."""
         connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         migrate(connection)

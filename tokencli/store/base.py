@@ -1,0 +1,167 @@
+"""What every store offers the service: the `Store` protocol, and `Backend` for `serve`.
+
+Two implementations keep this contract: SQLite (`sqlite.py`, the embedded default) and
+PostgreSQL (`postgres.py`, for several hosts). The test suite runs the same store, service
+and CLI tests against both, so the suite is the contract; this file is its summary.
+
+Rules every implementation keeps:
+- Every write runs inside `transaction()` (a savepoint when inside `batch()`), so a change
+  and its audit events commit together or not at all.
+- `consume_uses` is one conditional write per token (never read-then-write across a
+  transaction boundary), with revocation and expiry in its condition, so two processes or
+  replicas racing for a token's last use never both get it.
+- Every failure of the database is raised as `StorageError` with a message for the
+  operator; a password in a location is never part of a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from tokencli.errors import StorageError
+from tokencli.model import AuditEvent, Counts, TokenFilter, TokenRecord
+
+
+class IdCollisionError(StorageError):
+    """A freshly generated ID already exists (about one in 10^12 per token)."""
+
+
+class Store(Protocol):
+    """One connection to a tokencli database and every query the service needs."""
+
+    @property
+    def location(self) -> str:
+        """Where the data is, safe to print (a URL's password shown as ***)."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction; inside `batch()`, a savepoint that commits with the batch."""
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group the transactions run in the block into one commit (serve's group commit)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StorageError unless the database answers."""
+
+    def size_bytes(self) -> int | None:
+        """Bytes the data takes on disk (None when the store cannot tell)."""
+        ...
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def insert_tokens(self, records: Iterable[TokenRecord]) -> None:
+        """Insert new tokens; IdCollisionError (rolling back nothing itself) if an ID is taken."""
+
+    def insert_missing(self, records: Iterable[TokenRecord]) -> int:
+        """Insert the tokens whose ID is not yet stored; return how many were inserted."""
+        ...
+
+    def existing_ids(self, ids: Collection[str]) -> set[str]:
+        """The IDs among `ids` that are stored."""
+        ...
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        """The token with this ID, or None."""
+        ...
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, TokenRecord]:
+        """The stored tokens among `ids`, by ID, in one query."""
+        ...
+
+    def consume_uses(self, wanted: Mapping[str, int], now: int) -> dict[str, int]:
+        """Take up to `wanted[id]` uses of each use-limited token still live at `now`.
+
+        Returns the uses granted per ID (IDs granted nothing may be absent). Tokens with
+        unlimited uses are not touched and get nothing.
+        """
+        ...
+
+    def revoke(self, token_id: str, now: int) -> bool:
+        """Mark the token revoked at `now` (kept if already revoked); False if no such token."""
+        ...
+
+    def revoke_matching(self, selector: TokenFilter, now: int) -> list[str]:
+        """Revoke every live token the filter selects; return their IDs, oldest first."""
+        ...
+
+    def set_expiry(self, token_id: str, expires_at: int) -> None:
+        """Give a token a new expiry (renew)."""
+
+    def cut_expiry(self, token_id: str, latest: int) -> None:
+        """Make a token expire no later than `latest`, and never before its creation."""
+
+    def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
+        """The tokens the filter selects at `now`, oldest first, streamed (flat memory)."""
+        ...
+
+    def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
+        """(ID, label) of live tokens whose ID starts with `prefix`, for shell completion."""
+        ...
+
+    def scopes_in_use(self, now: int, prefix: str, limit: int) -> list[str]:
+        """Scope names held by live tokens, starting with `prefix`, for shell completion."""
+        ...
+
+    def count_ended(self, now: int) -> int:
+        """How many tokens purge would delete at `now`."""
+        ...
+
+    def purge(self, now: int) -> int:
+        """Delete every expired, used-up or revoked token in one statement."""
+        ...
+
+    def counts(self, now: int) -> Counts:
+        """Tokens by condition, and the audit trail's size and oldest event."""
+        ...
+
+    # -- audit trail ---------------------------------------------------------------------
+
+    def record(self, events: Iterable[AuditEvent]) -> None:
+        """Append audit events (inside the `transaction()` of the change they record)."""
+
+    def events(self, *, since: int | None, token_id: str | None, limit: int) -> list[AuditEvent]:
+        """The newest `limit` events matching the filters, oldest first."""
+        ...
+
+    def iter_events(self) -> Iterator[AuditEvent]:
+        """Every audit event, oldest first, streamed (for export)."""
+        ...
+
+    def drop_events_before(self, cutoff: int) -> int:
+        """Delete audit events older than `cutoff`; return how many."""
+        ...
+
+
+class Backend(Protocol):
+    """A database location opened for `serve`: stores for its threads, and upkeep.
+
+    The server never branches on the kind of database: whatever a backend needs beside
+    the requests (SQLite's WAL checkpoints, its watch on the file's identity) runs
+    between `start_upkeep` and `stop_upkeep`.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the data is, safe to print."""
+        ...
+
+    def open_store(self) -> Store:
+        """A new store (one connection) for one thread; StorageError if unreachable."""
+        ...
+
+    def start_upkeep(self, report: Callable[[str], None]) -> None:
+        """Start background upkeep; `report` takes one-line error messages."""
+
+    def stop_upkeep(self) -> None:
+        """Stop background upkeep and wait for it."""
+
+    def gauges(self) -> dict[str, float]:
+        """Backend figures for metrics, e.g. {"wal_bytes": 123.0}; empty when none."""
+        ...
