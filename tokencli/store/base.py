@@ -75,11 +75,11 @@ class Store(Protocol):
         """The stored tokens among `ids`, by ID, in one query."""
         ...
 
-    def consume_uses(self, wanted: Mapping[str, int], now: int) -> dict[str, int]:
+    def consume_uses(self, wanted: Mapping[str, int], now: int) -> dict[str, tuple[int, int]]:
         """Take up to `wanted[id]` uses of each use-limited token still live at `now`.
 
-        Returns the uses granted per ID (IDs granted nothing may be absent). Tokens with
-        unlimited uses are not touched and get nothing.
+        Returns (uses granted, uses left afterwards) per ID that was granted at least one
+        (others may be absent). Tokens with unlimited uses are not touched and get nothing.
         """
         ...
 
