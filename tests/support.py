@@ -1,15 +1,44 @@
-"""Helpers the tests import: a clock moved by hand, and files that are not ours."""
+"""What the tests share: a clock moved by hand, files that are not ours, the installed
+executable, and the real HTTP server on 127.0.0.1 with an ephemeral port."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
 import sqlite3
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.client import HTTPConnection, HTTPSConnection
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from tokencli.api import ApiConfig, Keys
+from tokencli.config import Limits, ServerConfig
+from tokencli.metrics import Counters, Exposition
+from tokencli.server import TokenHTTPServer
 from tokencli.service import TokenService
-from tokencli.store import Store
+from tokencli.store import Backend
+from tokencli.store.sqlite import SQLiteStore
+from tokencli.store.sqlite_backend import SQLiteBackend
 
 START = 1_790_000_000  # a fixed UTC instant (2026-09-21), so tests never read the wall clock
+ADMIN_KEY = "correct horse battery staple"
+VALIDATE_KEY = "validate-only-key"
+
+EXECUTABLE = shutil.which("tokencli")
+# Under CI a missing executable is a failure (the install is part of what is tested);
+# on a developer's machine the subprocess tests skip.
+needs_executable = pytest.mark.skipif(
+    EXECUTABLE is None and os.environ.get("CI") != "true", reason="tokencli is not installed"
+)
 
 
 class Clock:
@@ -25,9 +54,24 @@ class Clock:
         self.now += seconds
 
 
+def tokencli(
+    *args: str, stdin: str | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed executable."""
+    assert EXECUTABLE is not None, "tokencli is not installed"
+    return subprocess.run(
+        [EXECUTABLE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 def truncated_database(path: Path) -> None:
     """A real tokencli database with its second half cut off."""
-    service = TokenService(Store.open(path, create=True))
+    service = TokenService(SQLiteStore.open(path, create=True))
     list(service.issue_batches(count=3000))
     service.store.close()
     data = path.read_bytes()
@@ -52,3 +96,144 @@ def check_reading_stdin(executable: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+class Client:
+    """Requests to a server on 127.0.0.1 (over TLS when given a trusting context)."""
+
+    def __init__(self, port: int, *, tls_trust: Any = None) -> None:
+        self.port = port
+        self.tls_trust = tls_trust  # an ssl.SSLContext trusting the server's certificate
+
+    def connection(self, timeout: float = 30) -> HTTPConnection:
+        """A fresh client connection."""
+        if self.tls_trust is not None:
+            return HTTPSConnection("localhost", self.port, timeout=timeout, context=self.tls_trust)
+        return HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        """One request on a new connection: status, headers, JSON (or raw) body."""
+        connection = self.connection()
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            raw = response.read()
+            content_type = response.getheader("Content-Type", "")
+            payload = json.loads(raw) if content_type.startswith("application/json") else raw
+            return response.status, dict(response.getheaders()), payload
+        finally:
+            connection.close()
+
+
+class Served(Client):
+    """A running server and what a test needs to talk to it."""
+
+    def __init__(
+        self,
+        server: TokenHTTPServer,
+        log: io.StringIO,
+        thread: threading.Thread | None = None,
+        *,
+        tls_trust: Any = None,
+    ) -> None:
+        super().__init__(server.server_address[1], tls_trust=tls_trust)
+        self.server = server
+        self.log = log
+        self.thread = thread
+
+    def stop(self) -> None:
+        """Stop the server and wait for its loop to end."""
+        self.server.stop()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+
+def start_server(
+    backend: Backend | Path,
+    *,
+    admin_key: str | None = None,
+    validate_key: str | None = None,
+    clock: Clock | None = None,
+    workers: int = 0,
+    limits: Limits | None = None,
+    tls: Any = None,
+    tls_trust: Any = None,
+    log_format: str = "text",
+    metrics: bool = True,
+) -> Served:
+    """The real server on 127.0.0.1, any free port, its loop on a thread."""
+    if isinstance(backend, Path):
+        backend = SQLiteBackend(backend)
+    log = io.StringIO()
+    counters = Counters()
+    exposition = Exposition(counters, backend.gauges) if metrics else None
+    api_config = ApiConfig(
+        Keys(admin=admin_key, validate=validate_key),
+        counters=counters,
+        metrics_page=exposition.render if exposition is not None else None,
+    )
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        limits=limits or Limits(),
+        workers=workers,
+        tls=tls,
+        access_log=log,
+        access_log_format=log_format,
+        metrics=metrics,
+    )
+    server = TokenHTTPServer(
+        backend, config, api_config, clock=clock or time.time, counters=counters
+    )
+    api_config.report = server.report
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    return Served(server, log, thread, tls_trust=tls_trust)
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 30) -> bytes:
+    """Send raw bytes, half-close, and read everything the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+        client.sendall(request)
+        client.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(answer: bytes) -> int:
+    """The status code of a raw HTTP answer."""
+    assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+    return int(answer[9:12])
+
+
+@contextlib.contextmanager
+def serve_process(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], Client]]:
+    """`tokencli serve --port 0 ARGS` in a subprocess, and a client of it; killed at the
+    end if still running, so a failing test never hangs on it."""
+    assert EXECUTABLE is not None, "tokencli is not installed"
+    process = subprocess.Popen(
+        [EXECUTABLE, "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert first.startswith("listening on http"), first
+        port = int(first.strip().rsplit(":", 1)[1])
+        yield process, Client(port)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)

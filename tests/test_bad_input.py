@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +11,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_server import ADMIN_KEY, Served, start
 from typer.testing import CliRunner
 
 from tokencli.cli import app
+
+from support import ADMIN_KEY, Served, raw_exchange, start_server, status_of
 
 PRINTABLE_OR_NOT = st.text(
     alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=300
@@ -30,9 +30,9 @@ SHARED_SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    running = start(tmp_path_factory.mktemp("bad-input") / "tokens.db", admin_key=ADMIN_KEY)
+    running = start_server(tmp_path_factory.mktemp("bad-input") / "tokens.db", admin_key=ADMIN_KEY)
     yield running
-    running.server.stop()
+    running.stop()
     log = running.log.getvalue()
     assert " 500 " not in log and "internal error" not in log
 
@@ -88,21 +88,6 @@ def test_check_reads_invalid_utf8_from_stdin_as_malformed(db_path: Path) -> None
 # -- HTTP ------------------------------------------------------------------------------
 
 
-def raw_exchange(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
-        client.sendall(request)
-        client.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := client.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def status_of(answer: bytes) -> int:
-    assert answer.startswith(b"HTTP/1.1 "), answer[:100]
-    return int(answer[9:12])
-
-
 @SHARED_SETTINGS
 @given(path=st.binary(max_size=400))
 def test_any_request_path_gets_a_clean_answer(module_server: Served, path: bytes) -> None:
@@ -151,9 +136,10 @@ def test_garbage_on_the_socket_leaves_the_server_serving(module_server: Served) 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("schemathesis") is None, reason="schemathesis not installed")
-def test_schemathesis_finds_nothing(module_server: Served) -> None:
+def test_schemathesis_finds_nothing(module_server: Served, tmp_path: Path) -> None:
     executable = shutil.which("schemathesis")
     assert executable is not None
+    # Its crash cache (.schemathesis/) goes to a scratch folder, not the repository.
     result = subprocess.run(
         [
             executable,
@@ -161,6 +147,11 @@ def test_schemathesis_finds_nothing(module_server: Served) -> None:
             f"http://127.0.0.1:{module_server.port}/openapi.json",
             "--checks",
             "all",
+            # DELETE /app/tokens/{id} revokes: the token stays readable (as revoked) until
+            # purge, by design, which this check takes for a resource that outlived its
+            # deletion.
+            "--exclude-checks",
+            "use_after_free",
             "--header",
             f"Authorization: Bearer {ADMIN_KEY}",
             "--max-examples",
@@ -173,6 +164,7 @@ def test_schemathesis_finds_nothing(module_server: Served) -> None:
         capture_output=True,
         text=True,
         timeout=180,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert "passed" in result.stdout

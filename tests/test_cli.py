@@ -15,13 +15,13 @@ from tokencli import __version__
 from tokencli.cli import app
 from tokencli.errors import ExitStatus
 from tokencli.service import TokenService
-from tokencli.store import Store
-from tokencli.store import sqlite as store_module
+from tokencli.store import sqlite_open as store_module
+from tokencli.store.sqlite import SQLiteStore
 
 from support import Clock
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-TOKEN_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state"]
+TOKEN_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state", "scopes"]
 
 
 def issue(runner: CliRunner, *args: str) -> str:
@@ -34,7 +34,7 @@ def past_service(db_path: Path, seconds_ago: int) -> TokenService:
     """A service on the same file whose clock runs `seconds_ago` behind, to make old tokens."""
     import time
 
-    return TokenService(Store.open(db_path, create=True), Clock(time.time() - seconds_ago))
+    return TokenService(SQLiteStore.open(db_path, create=True), Clock(time.time() - seconds_ago))
 
 
 def all_commands() -> list[str]:
@@ -145,7 +145,7 @@ def test_check_every_verdict_and_exit_code(runner: CliRunner, db_path: Path) -> 
     revoked = issue(runner)
     runner.invoke(app, ["revoke", revoked.split(":")[0]])
     expired = past_service(db_path, 120).issue(ttl_seconds=60).token
-    unknown = TokenService(Store.empty()).issue().token
+    unknown = TokenService(SQLiteStore.empty()).issue().token
     typo = valid[:20] + ("x" if valid[20] != "x" else "y") + valid[21:]
     assert runner.invoke(app, ["check", "-q", single]).exit_code == 0
     expected = {
@@ -161,7 +161,7 @@ def test_check_every_verdict_and_exit_code(runner: CliRunner, db_path: Path) -> 
         result = runner.invoke(app, ["check", token])
         assert (result.stdout, result.exit_code) == (f"{state}\n", code), token
         body = json.loads(runner.invoke(app, ["check", "--json", token]).stdout)
-        assert body["state"] == ("unknown" if state == "expired" else state)
+        assert body["state"] == state  # an expired token stays expired until purge
         assert body["valid"] is (state == "valid")
 
 
@@ -181,7 +181,7 @@ def test_check_quiet_prints_nothing(runner: CliRunner) -> None:
 
 
 def test_check_on_a_missing_database_creates_nothing(runner: CliRunner, db_path: Path) -> None:
-    token = TokenService(Store.empty()).issue().token
+    token = TokenService(SQLiteStore.empty()).issue().token
     for args in (["check", token], ["list"], ["list", "--all", "--json"], ["purge", "--dry-run"]):
         result = runner.invoke(app, args)
         assert result.exit_code in (0, 1), result.output
@@ -213,10 +213,11 @@ def test_list_piped_is_plain_tab_separated_and_literal(runner: CliRunner) -> Non
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split("\t") == ["ID", "LABEL", "CREATED", "EXPIRES", "USES LEFT", "STATE"]
+    headers = ["ID", "LABEL", "CREATED", "EXPIRES", "USES LEFT", "STATE", "SCOPES"]
+    assert lines[0].split("\t") == headers
     assert sorted(line.split("\t")[1] for line in lines[1:]) == ["[red]x[/red]", "tab here"]
     assert "\x1b" not in result.stdout
-    assert all(len(line.split("\t")) == 6 for line in lines)
+    assert all(len(line.split("\t")) == len(headers) for line in lines)
 
 
 def test_labels_with_escapes_stored_elsewhere_display_literally(
@@ -327,17 +328,17 @@ def test_locked_database_past_the_timeout_exits_3(
     ],
 )
 def test_the_command_on_the_line_is_found(argv: list[str], expected: str | None) -> None:
-    from tokencli.cli import _command_named
+    from tokencli.cli.base import _command_named
 
     assert _command_named(argv) == expected
 
 
 def test_trimmed_app_runs_only_the_named_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tokencli.cli import _app_for
+    from tokencli.cli.base import _command_named, load_commands
 
-    trimmed = _app_for(["list"])
+    trimmed = load_commands(_command_named(["list"]))
     assert [info.callback.__name__ for info in trimmed.registered_commands] == ["list_tokens"]
-    assert _app_for(["nonsense"]) is app
-    assert _app_for(["--help"]) is app
+    assert load_commands(_command_named(["nonsense"])) is app
+    assert load_commands(_command_named(["--help"])) is app
     monkeypatch.setenv("_TOKENCLI_COMPLETE", "complete_bash")
-    assert _app_for(["revoke"]) is app
+    assert load_commands(_command_named(["revoke"])) is app

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tokencli.cli import app
 from tokencli.service import TokenService
-from tokencli.store import Store
+from tokencli.store.sqlite import SQLiteStore
 
 from support import Clock
 
@@ -40,7 +40,7 @@ def test_command_names_complete(runner: CliRunner) -> None:
 
 
 def test_revoke_completes_live_ids_only(runner: CliRunner, db_path: Path) -> None:
-    service = TokenService(Store.open(db_path, create=True))
+    service = TokenService(SQLiteStore.open(db_path, create=True))
     live = sorted(service.issue(label=f"live {n}").info.id for n in range(3))
     revoked = service.issue().info.id
     service.revoke(revoked)
@@ -54,7 +54,7 @@ def test_revoke_completes_live_ids_only(runner: CliRunner, db_path: Path) -> Non
 
 
 def test_zsh_completion_shows_labels_as_descriptions(runner: CliRunner, db_path: Path) -> None:
-    issued = TokenService(Store.open(db_path, create=True)).issue(label="deploy key")
+    issued = TokenService(SQLiteStore.open(db_path, create=True)).issue(label="deploy key")
     result = runner.invoke(
         app,
         [],

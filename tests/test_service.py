@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tokencli.errors import InvalidRequestError, NotFoundError
-from tokencli.service import MAX_TTL_SECONDS, TokenService, TokenState
-from tokencli.store import Store
+from tokencli.model import EVERY_TOKEN, MAX_TTL_SECONDS, TokenState
+from tokencli.service import TokenService
+from tokencli.store.sqlite import SQLiteStore
 
 from support import START, Clock
 
@@ -34,12 +35,38 @@ def test_expiry_boundary_is_exact(service: TokenService, clock: Clock) -> None:
     assert service.check(issued.token).state is TokenState.EXPIRED
 
 
-def test_expired_token_found_by_check_is_deleted(service: TokenService, clock: Clock) -> None:
+def test_expired_token_stays_expired_until_purge(service: TokenService, clock: Clock) -> None:
     issued = service.issue(ttl_seconds=60)
     clock.advance(60)
     assert service.check(issued.token).state is TokenState.EXPIRED
-    assert service.store.get(issued.info.id) is None
+    assert service.store.get(issued.info.id) is not None  # check never deletes
+    assert service.check(issued.token).state is TokenState.EXPIRED  # says so consistently
+    service.purge()
     assert service.check(issued.token).state is TokenState.UNKNOWN
+
+
+def test_a_clock_that_jumped_forward_destroys_nothing(service: TokenService, clock: Clock) -> None:
+    issued = service.issue(ttl_seconds=3600)
+    clock.advance(10 * 86_400)  # the clock jumps ten days ahead...
+    assert service.check(issued.token).state is TokenState.EXPIRED
+    clock.advance(-10 * 86_400)  # ...and is corrected: the token is back
+    assert service.check(issued.token).state is TokenState.VALID
+
+
+def test_a_clock_that_jumped_back_stores_no_expiry_before_creation(
+    service: TokenService, clock: Clock
+) -> None:
+    issued = service.issue(ttl_seconds=3600)
+    clock.advance(-30 * 86_400)  # the clock steps back a month
+    renewed = service.renew(issued.info.id, 60)
+    record = service.store.get(issued.info.id)
+    assert record is not None and record.expires_at > record.created_at
+    assert renewed.expires_at == record.expires_at
+    successor = service.rotate(issued.info.id)  # lifetime = expiry - creation: still positive
+    clock.advance(30 * 86_400)
+    assert service.check(successor.token).state is TokenState.EXPIRED
+    old = service.store.get(issued.info.id)
+    assert old is not None and old.expires_at >= old.created_at
 
 
 def test_every_verdict(service: TokenService, clock: Clock) -> None:
@@ -50,7 +77,7 @@ def test_every_verdict(service: TokenService, clock: Clock) -> None:
     service.revoke(revoked.info.id)
     assert service.check(single.token).state is TokenState.VALID
     clock.advance(10)
-    other = TokenService(Store.empty(), clock).issue()
+    other = TokenService(SQLiteStore.empty(), clock).issue()
 
     assert service.check(valid.token).state is TokenState.VALID
     assert service.check(single.token).state is TokenState.USED_UP
@@ -63,7 +90,7 @@ def test_every_verdict(service: TokenService, clock: Clock) -> None:
 
 def test_right_id_with_wrong_secret_is_unknown(service: TokenService) -> None:
     issued = service.issue()
-    forged = TokenService(Store.empty()).issue().token
+    forged = TokenService(SQLiteStore.empty()).issue().token
     forged_with_real_id = issued.info.id + forged[len(issued.info.id) :]
     # The checksum covers the ID, so this is malformed before any lookup...
     assert service.check(forged_with_real_id).state is TokenState.MALFORMED
@@ -119,7 +146,7 @@ def test_bad_options_are_refused_before_anything_is_written(
 ) -> None:
     with pytest.raises(InvalidRequestError, match=fragment):
         list(service.issue_batches(**options))  # type: ignore[arg-type]
-    assert service.list_tokens(include_ended=True) == []
+    assert list(service.list_tokens(EVERY_TOKEN)) == []
 
 
 def test_label_of_200_printable_characters_is_kept(service: TokenService) -> None:
@@ -133,7 +160,7 @@ def test_count_issues_in_batches_all_stored(service: TokenService) -> None:
         token for batch in service.issue_batches(count=1234, ttl_seconds=60) for token in batch
     ]
     assert len(issued) == 1234
-    assert len(service.list_tokens()) == 1234
+    assert len(list(service.list_tokens())) == 1234
     assert all(service.check(token.token).valid for token in issued[::97])
 
 
@@ -147,7 +174,7 @@ def test_revoke_by_id_or_token_and_missing(service: TokenService) -> None:
         service.revoke("aaaaaaaaaaaa")
     with pytest.raises(NotFoundError, match="neither a token ID nor a token"):
         service.revoke("not-an-id")
-    assert {info.state for info in service.list_tokens(include_ended=True)} == {TokenState.REVOKED}
+    assert {info.state for info in list(service.list_tokens(EVERY_TOKEN))} == {TokenState.REVOKED}
 
 
 def test_list_shows_live_only_unless_all(service: TokenService, clock: Clock) -> None:
@@ -158,8 +185,8 @@ def test_list_shows_live_only_unless_all(service: TokenService, clock: Clock) ->
     service.check(used.token)
     service.revoke(revoked.info.id)
     clock.advance(5)
-    assert [info.id for info in service.list_tokens()] == [live.info.id]
-    states = {info.id: info.state for info in service.list_tokens(include_ended=True)}
+    assert [info.id for info in list(service.list_tokens())] == [live.info.id]
+    states = {info.id: info.state for info in list(service.list_tokens(EVERY_TOKEN))}
     assert states == {
         live.info.id: TokenState.VALID,
         expired.info.id: TokenState.EXPIRED,
@@ -176,10 +203,10 @@ def test_purge_removes_ended_tokens_only(service: TokenService, clock: Clock) ->
     service.revoke(service.issue().info.id)
     clock.advance(5)
     assert service.purge(dry_run=True).purged == 3
-    assert len(service.list_tokens(include_ended=True)) == 4
+    assert len(list(service.list_tokens(EVERY_TOKEN))) == 4
     result = service.purge()
     assert (result.purged, result.dry_run) == (3, False)
-    assert [info.id for info in service.list_tokens(include_ended=True)] == [live.info.id]
+    assert [info.id for info in list(service.list_tokens(EVERY_TOKEN))] == [live.info.id]
     assert service.purge().purged == 0
 
 

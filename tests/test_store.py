@@ -12,10 +12,11 @@ import pytest
 import sqlite_utils
 
 from tokencli.errors import StorageError
+from tokencli.model import EVERY_TOKEN
 from tokencli.service import TokenService
-from tokencli.store import Store
-from tokencli.store import sqlite as store_module
-from tokencli.store.sqlite import APPLICATION_ID, SCHEMA_VERSION
+from tokencli.store import sqlite_schema as store_module
+from tokencli.store.sqlite import SQLiteStore
+from tokencli.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION
 
 from support import other_application_database, truncated_database
 
@@ -25,7 +26,7 @@ def digest(path: Path) -> str:
 
 
 def test_new_database_has_schema_pragmas_and_mode(db_path: Path) -> None:
-    Store.open(db_path, create=True).close()
+    SQLiteStore.open(db_path, create=True).close()
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     db = sqlite_utils.Database(db_path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -42,6 +43,7 @@ def test_new_database_has_schema_pragmas_and_mode(db_path: Path) -> None:
         "revoked_at": "INTEGER",
         "ends_at": "INTEGER",
         "uses_limit": "INTEGER",
+        "scopes": "TEXT",
     }
     audit_columns = {column.name: column.type for column in db["audit"].columns}
     assert audit_columns == {
@@ -63,20 +65,20 @@ def test_new_database_has_schema_pragmas_and_mode(db_path: Path) -> None:
 
 def test_parent_folders_are_created_on_first_write(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "tokens.db"
-    Store.open(path, create=True).close()
+    SQLiteStore.open(path, create=True).close()
     assert path.is_file()
 
 
 def test_read_only_open_of_missing_file_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "tokens.db"
-    opened = Store.open(path, create=False)
-    assert opened.list_tokens(0, include_ended=True) == []
+    opened = SQLiteStore.open(path, create=False)
+    assert list(opened.iter_tokens(EVERY_TOKEN, 0)) == []
     assert opened.get("aaaaaaaaaaaa") is None
     opened.close()
     assert not path.parent.exists()
 
 
-def test_purge_is_one_indexed_delete(store: Store) -> None:
+def test_purge_is_one_indexed_delete(store: SQLiteStore) -> None:
     connection = store._connection
     plan = connection.execute(
         "EXPLAIN QUERY PLAN DELETE FROM tokens WHERE ends_at <= ?", (0,)
@@ -87,7 +89,7 @@ def test_purge_is_one_indexed_delete(store: Store) -> None:
 def test_migrations_run_in_order_and_keep_rows(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = TokenService(Store.open(db_path, create=True))
+    service = TokenService(SQLiteStore.open(db_path, create=True))
     kept = service.issue(label="old")
     service.store.close()
 
@@ -96,7 +98,7 @@ def test_migrations_run_in_order_and_keep_rows(
 
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, m002_add_note])
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    upgraded = TokenService(Store.open(db_path, create=True))
+    upgraded = TokenService(SQLiteStore.open(db_path, create=True))
     assert upgraded.check(kept.token).valid
     upgraded.store.close()
     db = sqlite_utils.Database(db_path)
@@ -105,7 +107,7 @@ def test_migrations_run_in_order_and_keep_rows(
 
 
 def test_failed_migration_rolls_back_whole(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    Store.open(db_path, create=True).close()
+    SQLiteStore.open(db_path, create=True).close()
 
     def m002_broken(db: sqlite_utils.Database) -> None:
         db.table("tokens").add_column("half", str)
@@ -114,21 +116,21 @@ def test_failed_migration_rolls_back_whole(db_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, m002_broken])
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(StorageError, match="boom"):
-        Store.open(db_path, create=True)
+        SQLiteStore.open(db_path, create=True)
     db = sqlite_utils.Database(db_path)
     assert "half" not in db["tokens"].columns_dict
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused_and_untouched(db_path: Path) -> None:
-    Store.open(db_path, create=True).close()
+    SQLiteStore.open(db_path, create=True).close()
     connection = sqlite3.connect(db_path)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     connection.commit()
     connection.close()
     before = digest(db_path)
     with pytest.raises(StorageError, match="newer than this tokencli"):
-        Store.open(db_path, create=True)
+        SQLiteStore.open(db_path, create=True)
     assert digest(db_path) == before
 
 
@@ -162,9 +164,9 @@ def test_foreign_files_are_refused_and_left_untouched(
     make(path)  # type: ignore[operator]
     before = digest(path)
     with pytest.raises(StorageError, match=fragment):
-        opened = Store.open(path, create=create)
+        opened = SQLiteStore.open(path, create=create)
         try:
-            TokenService(opened).list_tokens(include_ended=True)
+            list(TokenService(opened).list_tokens(EVERY_TOKEN))
             TokenService(opened).purge()
         finally:
             opened.close()
@@ -174,12 +176,12 @@ def test_foreign_files_are_refused_and_left_untouched(
 
 def test_a_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="is a folder"):
-        Store.open(tmp_path, create=True)
+        SQLiteStore.open(tmp_path, create=True)
 
 
 def test_two_stores_share_one_file(db_path: Path) -> None:
-    first = TokenService(Store.open(db_path, create=True))
-    second = TokenService(Store.open(db_path, create=True))
+    first = TokenService(SQLiteStore.open(db_path, create=True))
+    second = TokenService(SQLiteStore.open(db_path, create=True))
     issued = first.issue(uses=1)
     assert second.check(issued.token).valid
     assert not first.check(issued.token).valid

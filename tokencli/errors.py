@@ -41,3 +41,13 @@ class StorageError(TokencliError):
     """The database cannot be opened, read or written."""
 
     exit_status = ExitStatus.STORAGE
+
+
+class NoPermissionError(StorageError):
+    """The user may not read or write the database file or its folder."""
+
+
+class ConflictError(TokencliError):
+    """What was asked collides with what is stored (an import's ID already there)."""
+
+    exit_status = ExitStatus.NOT_VALID

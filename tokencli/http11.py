@@ -1,27 +1,35 @@
-"""HTTP/1.1 message framing for `serve`: find a whole request in a byte buffer, parse it,
-and build responses. No sockets here, so the parser can be tested on any bytes.
+"""HTTP/1.1 message framing for `serve`: bytes in, whole requests out; responses built.
+No sockets here, so the parser can be tested on any bytes (as h11 is).
 
-The server reads without blocking and calls `take_request` on what each connection has
-sent so far; a request is handed on only once it is complete, so a client that stalls
-half-way through never holds a worker. Limits are enforced while bytes arrive: a request
-line over 8 KiB (414), a header block over 64 KiB (431), a body over 64 KiB (413).
+`RequestParser` is fed what a connection receives and hands out whole requests. Its
+cost is linear in the bytes received: the end of the head is searched for only in new
+bytes, the head is parsed once, and a body is then only counted until it is complete
+(a client trickling a body behind 64 KiB of headers costs no re-parsing). Limits are
+enforced while bytes arrive: a request line over 8 KiB (414), a header block over
+64 KiB (431), a body over 64 KiB (413). A Content-Length of any length is judged by its
+digits, never converted whole (a header of 5,000 digits is a 413, not an exception).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from http import HTTPStatus
+from urllib.parse import parse_qs
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
+# The longest a whole request can be: what a connection may buffer before its next
+# request must be answered.
+MAX_REQUEST_BYTES = MAX_REQUEST_LINE + MAX_HEADER_BYTES + MAX_BODY_BYTES + 8
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_NAME = _METHOD
 _TARGET = re.compile(r"/[\x21-\x7e\x80-\xff]*")
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _VERSIONS = ("HTTP/1.1", "HTTP/1.0")
+_MAX_BODY_DIGITS = len(str(MAX_BODY_BYTES))
 
 
 class HttpError(Exception):
@@ -36,20 +44,41 @@ class HttpError(Exception):
         self.headers = headers or {}
 
 
-@dataclass
 class Request:
     """One parsed request. Header names are lower case; values are latin-1 text."""
 
-    method: str
-    target: str
-    version: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    __slots__ = ("method", "target", "version", "headers", "body", "_query")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers if headers is not None else {}
+        self.body = body
+        self._query: dict[str, list[str]] | None = None
+
+    def __repr__(self) -> str:  # never the target: it may hold a token
+        return f"Request({self.method}, {len(self.body)} body bytes)"
 
     @property
     def path(self) -> str:
         """The target without its query string."""
         return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The query string's parameters (values percent-decoded), parsed on first use."""
+        if self._query is None:
+            _, mark, text = self.target.partition("?")
+            self._query = parse_qs(text, keep_blank_values=True) if mark else {}
+        return self._query
 
     @property
     def keep_alive(self) -> bool:
@@ -58,6 +87,11 @@ class Request:
         if self.version == "HTTP/1.0":
             return "keep-alive" in connection
         return "close" not in connection
+
+    @property
+    def expects_continue(self) -> bool:
+        """True if the client waits for `100 Continue` before sending the body."""
+        return "100-continue" in self.headers.get("expect", "").lower()
 
 
 def _parse_head(head: bytes) -> Request:
@@ -95,62 +129,95 @@ def _parse_head(head: bytes) -> Request:
     return Request(method, target, version, headers)
 
 
-def _body_length(request: Request) -> int:
+def body_length(request: Request) -> int:
+    """The body length the head declares, refused past the limit without converting a
+    number of unbounded length."""
     if "transfer-encoding" in request.headers:
         raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length")
     declared = request.headers.get("content-length")
     if declared is None:
         return 0
-    if not declared.isdigit() or not declared.isascii():
+    if not _DIGITS.fullmatch(declared):
         raise HttpError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
-    length = int(declared)
-    if length > MAX_BODY_BYTES:
+    significant = declared.lstrip("0")
+    if len(significant) > _MAX_BODY_DIGITS or (significant and int(significant) > MAX_BODY_BYTES):
+        shown = significant if len(significant) <= 20 else f"a {len(significant)}-digit number of"
         raise HttpError(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"body is {length} bytes; the limit is {MAX_BODY_BYTES}",
+            f"body is {shown} bytes; the limit is {MAX_BODY_BYTES}",
         )
-    return length
+    return int(significant) if significant else 0
 
 
-@dataclass
-class Pending:
-    """A request whose head has arrived and whose body is still coming."""
+class RequestParser:
+    """Whole requests out of the bytes one connection sends, in order.
 
-    request: Request
-    head_length: int
-    body_length: int
-
-
-def take_request(buffer: bytearray) -> Request | Pending | None:
-    """Remove and return the first whole request in `buffer`.
-
-    Returns None when more bytes are needed, a `Pending` when the head is complete
-    but the body is not (so the caller can answer `Expect: 100-continue`), and raises
-    HttpError for a request that breaks a limit or the grammar; after that the
-    connection must be closed, since its framing can no longer be trusted.
+    After an HttpError the connection's framing can no longer be trusted: answer it and
+    close the connection.
     """
-    match = _HEAD_END.search(buffer, 0, MAX_REQUEST_LINE + MAX_HEADER_BYTES + 4)
-    first_line_end = buffer.find(b"\n", 0, MAX_REQUEST_LINE + 1)
-    if first_line_end < 0 and len(buffer) > MAX_REQUEST_LINE:
-        raise HttpError(HTTPStatus.REQUEST_URI_TOO_LONG, "request line over 8 KiB")
-    if match is None:
-        if len(buffer) > MAX_REQUEST_LINE + MAX_HEADER_BYTES:
+
+    __slots__ = ("buffer", "_scanned", "_head", "_head_length", "_body_length")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self._scanned = 0  # bytes already searched for the end of the head
+        self._head: Request | None = None
+        self._head_length = 0
+        self._body_length = 0
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes the client sent."""
+        self.buffer += data
+
+    @property
+    def waiting_for_body(self) -> Request | None:
+        """The request whose head has arrived and whose body has not, if any."""
+        return self._head
+
+    def next_request(self) -> Request | None:
+        """The next whole request, or None until more bytes arrive; HttpError if broken."""
+        if self._head is None and not self._find_head():
+            return None
+        request = self._head
+        assert request is not None
+        end = self._head_length + self._body_length
+        if len(self.buffer) < end:
+            return None
+        request.body = bytes(self.buffer[self._head_length : end])
+        del self.buffer[:end]
+        self._head = None
+        self._scanned = 0
+        return request
+
+    def _find_head(self) -> bool:
+        buffer = self.buffer
+        if not buffer:
+            return False
+        # A line ending split across two reads: look back three bytes.
+        start = max(0, self._scanned - 3)
+        limit = MAX_REQUEST_LINE + MAX_HEADER_BYTES + 4
+        match = _HEAD_END.search(buffer, start, limit)
+        first_line_end = buffer.find(b"\n", 0, MAX_REQUEST_LINE + 1)
+        if first_line_end < 0 and len(buffer) > MAX_REQUEST_LINE:
+            raise HttpError(HTTPStatus.REQUEST_URI_TOO_LONG, "request line over 8 KiB")
+        if match is None:
+            self._scanned = min(len(buffer), limit)
+            if len(buffer) > MAX_REQUEST_LINE + MAX_HEADER_BYTES:
+                raise HttpError(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers over 64 KiB"
+                )
+            return False
+        if first_line_end > MAX_REQUEST_LINE:
+            raise HttpError(HTTPStatus.REQUEST_URI_TOO_LONG, "request line over 8 KiB")
+        if match.end() - first_line_end > MAX_HEADER_BYTES:
             raise HttpError(
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers over 64 KiB"
             )
-        return None
-    if first_line_end > MAX_REQUEST_LINE:
-        raise HttpError(HTTPStatus.REQUEST_URI_TOO_LONG, "request line over 8 KiB")
-    if match.end() - first_line_end > MAX_HEADER_BYTES:
-        raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers over 64 KiB")
-    head_length = match.end()
-    request = _parse_head(bytes(buffer[: match.start()]))
-    body_length = _body_length(request)
-    if len(buffer) < head_length + body_length:
-        return Pending(request, head_length, body_length)
-    request.body = bytes(buffer[head_length : head_length + body_length])
-    del buffer[: head_length + body_length]
-    return request
+        request = _parse_head(bytes(buffer[: match.start()]))
+        self._body_length = body_length(request)
+        self._head_length = match.end()
+        self._head = request
+        return True
 
 
 def response(
@@ -161,18 +228,25 @@ def response(
     close: bool,
     headers: dict[str, str] | None = None,
 ) -> bytes:
-    """A whole response, ready for one `send`."""
+    """A whole response, ready to be sent."""
+    head = _STATUS_LINES.get(status)
+    if head is None:
+        head = f"HTTP/1.1 {int(status)} {status.phrase}\r\n"
     lines = [
-        f"HTTP/1.1 {int(status)} {status.phrase}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "X-Content-Type-Options: nosniff",
+        head,
+        "Content-Type: ",
+        content_type,
+        "\r\nContent-Length: ",
+        str(len(body)),
+        "\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
     ]
-    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
+    if headers:
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
     if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        lines.append("Connection: close\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1") + body
 
 
+_STATUS_LINES = {status: f"HTTP/1.1 {int(status)} {status.phrase}\r\n" for status in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -13,17 +13,16 @@ import os
 import sys
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tokencli.durations import UNIT_SECONDS
+from tokencli.model import BIDI_CONTROLS
 
 if TYPE_CHECKING:
-    from tokencli.service import CheckResult, IssuedToken, PurgeResult, Stats, TokenInfo
-    from tokencli.store import AuditEvent
+    from tokencli.model import AuditEvent, CheckResult, IssuedToken, PurgeResult, Stats, TokenInfo
 
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-TABLE_HEADERS = ("ID", "LABEL", "CREATED", "EXPIRES", "USES LEFT", "STATE")
+TABLE_HEADERS = ("ID", "LABEL", "CREATED", "EXPIRES", "USES LEFT", "STATE", "SCOPES")
 EVENT_HEADERS = ("TIME", "ACTION", "TOKEN", "OUTCOME", "SOURCE", "DETAIL")
 
 
@@ -53,11 +52,17 @@ def relative_time(epoch_seconds: int, now: int) -> str:
 
 def literal(text: str) -> str:
     """Escape control, surrogate and bidi characters so text displays as itself."""
-    if text.isprintable() and not _BIDI.intersection(text):
+    if text.isprintable() and not BIDI_CONTROLS.intersection(text):
         return text
     out = []
     for character in text:
-        if character in _BIDI or unicodedata.category(character) in ("Cc", "Cs", "Cf", "Zl", "Zp"):
+        if character in BIDI_CONTROLS or unicodedata.category(character) in (
+            "Cc",
+            "Cs",
+            "Cf",
+            "Zl",
+            "Zp",
+        ):
             code = ord(character)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
         else:
@@ -74,6 +79,7 @@ def token_json(info: TokenInfo) -> dict[str, Any]:
         "expires_at": iso_time(info.expires_at),
         "uses_left": info.uses_left,
         "state": info.state.value,
+        "scopes": list(info.scopes),
     }
 
 
@@ -98,14 +104,21 @@ def purge_json(result: PurgeResult) -> dict[str, Any]:
     return body
 
 
+def _iso_or_none(epoch_seconds: int | None) -> str | None:
+    return None if epoch_seconds is None else iso_time(epoch_seconds)
+
+
 def stats_json(report: Stats) -> dict[str, Any]:
     """`stats --json`."""
+    counts = report.counts
     return {
-        "live": report.live,
-        "expired": report.expired,
-        "used_up": report.used_up,
-        "revoked": report.revoked,
-        "next_expiry": None if report.next_expiry is None else iso_time(report.next_expiry),
+        "live": counts.live,
+        "expired": counts.expired,
+        "used_up": counts.used_up,
+        "revoked": counts.revoked,
+        "next_expiry": _iso_or_none(counts.next_expiry),
+        "audit_events": counts.audit_events,
+        "oldest_event": _iso_or_none(counts.oldest_event),
         "database": report.database,
         "size_bytes": report.size_bytes,
     }
@@ -114,8 +127,13 @@ def stats_json(report: Stats) -> dict[str, Any]:
 def write_stats(stream: TextIO, report: Stats, now: int) -> None:
     """`stats` for people and pipes: one `name<TAB>value` line each."""
     body = stats_json(report)
-    if report.next_expiry is not None and wants_rich(stream):
-        body["next_expiry"] += f" ({relative_time(report.next_expiry, now)})"
+    if wants_rich(stream):
+        for key, moment in (
+            ("next_expiry", report.counts.next_expiry),
+            ("oldest_event", report.counts.oldest_event),
+        ):
+            if moment is not None:
+                body[key] += f" ({relative_time(moment, now)})"
     if body["database"] is None:
         body["database"] = "(none yet)"
     stream.write("".join(f"{key}\t{literal(str(value))}\n" for key, value in body.items()))
@@ -181,27 +199,66 @@ def uses_text(uses_left: int | None) -> str:
     return "unlimited" if uses_left is None else str(uses_left)
 
 
-def write_plain_table(stream: TextIO, tokens: list[TokenInfo]) -> None:
-    """Tab-separated rows under a header line, for pipes and scripts."""
-    lines = ["\t".join(TABLE_HEADERS)]
-    for info in tokens:
-        label = literal(info.label or "")
-        lines.append(
-            "\t".join(
-                (
-                    info.id,
-                    label,
-                    iso_time(info.created_at),
-                    iso_time(info.expires_at),
-                    uses_text(info.uses_left),
-                    info.state.value,
-                )
-            )
+def _plain_row(info: TokenInfo) -> str:
+    return "\t".join(
+        (
+            info.id,
+            literal(info.label or ""),
+            iso_time(info.created_at),
+            iso_time(info.expires_at),
+            uses_text(info.uses_left),
+            info.state.value,
+            ",".join(info.scopes),
         )
-    stream.write("\n".join(lines) + "\n")
+    )
 
 
-def write_rich_table(stream: TextIO, tokens: list[TokenInfo], now: int) -> None:
+def write_plain_table(stream: TextIO, tokens: Iterable[TokenInfo]) -> None:
+    """Tab-separated rows under a header line, for pipes and scripts; streamed, so a
+    million rows cost no more memory than ten."""
+    stream.write("\t".join(TABLE_HEADERS) + "\n")
+    chunk: list[str] = []
+    for info in tokens:
+        chunk.append(_plain_row(info))
+        if len(chunk) >= 1000:
+            stream.write("\n".join(chunk) + "\n")
+            chunk.clear()
+    if chunk:
+        stream.write("\n".join(chunk) + "\n")
+
+
+def write_json_array(stream: TextIO, items: Iterable[dict[str, Any]]) -> None:
+    """One JSON array, written item by item (flat memory); `[]` when there is none."""
+    import json
+
+    encode = json.JSONEncoder().encode
+    separator = "["
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(separator + encode(item))
+        separator = ", "
+        if len(chunk) >= 1000:
+            stream.write("".join(chunk))
+            chunk.clear()
+    stream.write("".join(chunk) + ("]\n" if separator == ", " else "[]\n"))
+
+
+def write_json_lines(stream: TextIO, items: Iterable[dict[str, Any]]) -> None:
+    """One JSON object per line, streamed."""
+    import json
+
+    encode = json.JSONEncoder().encode
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(encode(item))
+        if len(chunk) >= 1000:
+            stream.write("\n".join(chunk) + "\n")
+            chunk.clear()
+    if chunk:
+        stream.write("\n".join(chunk) + "\n")
+
+
+def write_rich_table(stream: TextIO, tokens: Iterable[TokenInfo], now: int) -> None:
     """A rich table with human times, for a terminal."""
     from rich.console import Console
     from rich.table import Table
@@ -217,6 +274,7 @@ def write_rich_table(stream: TextIO, tokens: list[TokenInfo], now: int) -> None:
             Text(relative_time(info.expires_at, now)),
             Text(uses_text(info.uses_left)),
             Text(info.state.value, style=styles.get(info.state.value, "")),
+            Text(", ".join(info.scopes)),
         )
     Console(file=stream, highlight=False).print(table)
 

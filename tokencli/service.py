@@ -1,156 +1,83 @@
-"""The token service: every rule about tokens lives here, and only here.
+"""The token service: every rule about tokens lives here (and in rules.py), and only here.
 
-The CLI and the HTTP server are thin adapters over `TokenService`; neither knows SQL nor
+The CLI and the HTTP API are thin adapters over `TokenService`; neither knows SQL nor
 decides what a valid token is. The clock is a parameter (`clock`, returning UTC epoch
 seconds), so tests move time by hand instead of sleeping or patching.
 
 Times are whole seconds. A token issued at second T with TTL N is valid while
-now < T + N and expired from T + N on; purge deletes at the same boundary.
+now < T + N and expired from T + N on; purge deletes at the same boundary. Nothing but
+purge deletes a token: a clock that jumps forward makes tokens read `expired`, and a
+corrected clock brings them back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-import unicodedata
-from collections.abc import Callable, Iterator
-from enum import StrEnum
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from tokencli import tokens
 from tokencli.errors import InvalidRequestError, NotFoundError
-from tokencli.store import AuditEvent, IdCollisionError, Store, TokenRecord
+from tokencli.location import Location
+from tokencli.model import (
+    DEFAULT_AUDIT_RETENTION_SECONDS,
+    DEFAULT_TTL_SECONDS,
+    LIVE,
+    MAX_COUNT,
+    MAX_TTL_SECONDS,
+    MAX_USES,
+    AuditEvent,
+    CheckResult,
+    IssuedToken,
+    PurgeResult,
+    Stats,
+    TokenFilter,
+    TokenInfo,
+    TokenRecord,
+    TokenState,
+)
+from tokencli.rules import (
+    info,
+    lacks_scopes,
+    lifetime,
+    renewed_expiry,
+    state_at,
+    validate_label,
+    validate_positive,
+    validate_scopes,
+    validate_ttl,
+)
+from tokencli.store import IdCollisionError, Store, open_store
 
-DEFAULT_TTL_SECONDS = 3600
-MAX_TTL_SECONDS = 3650 * 86_400
-MAX_COUNT = 1_000_000
-MAX_USES = 1_000_000_000
-MAX_LABEL_LENGTH = 200
 # Tokens are committed (and only then shown) in batches this large, so a huge --count
 # neither holds every plaintext in memory nor prints a token that was never stored.
 ISSUE_BATCH_SIZE = 50_000
 _ID_COLLISION_RETRIES = 3
-# Bidirectional overrides can make a label display as something it is not.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-class TokenState(StrEnum):
-    """What a token is at a given moment; `check` answers with one of these."""
+class Presented(NamedTuple):
+    """A token presented for a check, and the scopes the caller requires of it."""
 
-    VALID = "valid"
-    MALFORMED = "malformed"
-    UNKNOWN = "unknown"
-    EXPIRED = "expired"
-    REVOKED = "revoked"
-    USED_UP = "used_up"
+    text: str
+    scopes: tuple[str, ...] = ()
 
 
-class TokenInfo(NamedTuple):
-    """The public face of a token: everything but its secret."""
-
-    id: str
-    label: str | None
-    created_at: int
-    expires_at: int
-    uses_left: int | None
-    state: TokenState
-
-
-class IssuedToken(NamedTuple):
-    """A token just issued: its public info and the plaintext, shown this once."""
-
-    info: TokenInfo
-    token: str
-
-
-class CheckResult(NamedTuple):
-    """The verdict on a presented token, with its info when the token is known."""
-
-    state: TokenState
-    info: TokenInfo | None = None
-
-    @property
-    def valid(self) -> bool:
-        """True only for a token that was valid and whose use (if limited) was taken."""
-        return self.state is TokenState.VALID
-
-
-class PurgeResult(NamedTuple):
-    """How many tokens purge deleted (or would delete, on a dry run)."""
-
-    purged: int
-    dry_run: bool
-    audit_events_dropped: int = 0
-
-
-def state_at(record: TokenRecord, now: int) -> TokenState:
-    """The state of a stored token at `now`; revocation outranks expiry, expiry use-up."""
-    if record.revoked_at is not None:
-        return TokenState.REVOKED
-    if now >= record.expires_at:
-        return TokenState.EXPIRED
-    if record.uses_left is not None and record.uses_left <= 0:
-        return TokenState.USED_UP
-    return TokenState.VALID
-
-
-def _info(record: TokenRecord, state: TokenState) -> TokenInfo:
-    return TokenInfo(
-        record.id, record.label, record.created_at, record.expires_at, record.uses_left, state
-    )
-
-
-def validate_label(label: str | None) -> str | None:
-    """Return the label to store (None for none), or raise InvalidRequestError."""
-    if label is None or label == "":
+def parse_presented(text: str) -> str | None:
+    """The token ID of a well-formed token, or None for a malformed one."""
+    try:
+        return tokens.parse(text)
+    except tokens.MalformedTokenError:
         return None
-    if len(label) > MAX_LABEL_LENGTH:
-        raise InvalidRequestError(
-            f"label is {len(label)} characters long; the limit is {MAX_LABEL_LENGTH}"
-        )
-    for character in label:
-        if unicodedata.category(character) in ("Cc", "Cs") or character in _BIDI_CONTROLS:
-            raise InvalidRequestError(
-                f"label holds a control character ({character!r}); use printable text"
-            )
-    return label
-
-
-def validate_ttl(ttl_seconds: int) -> int:
-    """Return the TTL if it is within (0, 3650 days], else raise InvalidRequestError."""
-    if ttl_seconds <= 0:
-        raise InvalidRequestError("TTL must be positive, e.g. 15m")
-    if ttl_seconds > MAX_TTL_SECONDS:
-        raise InvalidRequestError("TTL is too large; the limit is 3650d (about 10 years)")
-    return ttl_seconds
-
-
-def _validate_positive(name: str, value: int | None, limit: int) -> None:
-    if value is None:
-        return
-    if value <= 0:
-        raise InvalidRequestError(f"{name} must be a positive whole number, not {value}")
-    if value > limit:
-        raise InvalidRequestError(f"{name} is too large ({value}); the limit is {limit:,}")
-
-
-class Stats(NamedTuple):
-    """What `stats` reports: counts by condition, the next expiry, where the file is."""
-
-    live: int
-    expired: int
-    used_up: int
-    revoked: int
-    next_expiry: int | None
-    database: str | None
-    size_bytes: int
 
 
 class TokenService:
-    """Issue, check, revoke, renew, rotate, list and purge tokens in one store, by one clock.
+    """Issue, check, show, revoke, renew, rotate, list and purge tokens in one store.
 
-    Every action appends one audit event per token it touches, in the same transaction
-    as the change, tagged with `source` ("cli" or "http"). Events hold IDs and
-    outcomes, never a secret.
+    Every action that changes something appends one audit event per token it touches, in
+    the same transaction as the change, tagged with `source` ("cli" or "http"). Events
+    hold IDs and outcomes, never a secret. Looking (`show`, `list`) writes nothing.
     """
 
     def __init__(
@@ -160,22 +87,45 @@ class TokenService:
         self._clock = clock
         self._source = source
 
+    @classmethod
+    @contextlib.contextmanager
+    def open(
+        cls,
+        location: Location,
+        *,
+        create: bool,
+        read_only: bool = False,
+        clock: Callable[[], float] = time.time,
+        source: str = "cli",
+    ) -> Iterator[TokenService]:
+        """The service over the database at `location`, closed when the block ends.
+
+        Without `create`, a missing database reads as empty and nothing is created;
+        `read_only` is for commands that only read, so a file the user may only read is
+        fine.
+        """
+        store = open_store(location, create=create, read_only=read_only)
+        try:
+            yield cls(store, clock, source=source)
+        finally:
+            store.close()
+
     @property
     def store(self) -> Store:
-        """The store this service writes to."""
+        """The store this service works on."""
         return self._store
+
+    @property
+    def source(self) -> str:
+        """Where this service's actions come from in the audit trail ("cli" or "http")."""
+        return self._source
 
     def now(self) -> int:
         """The current time in whole UTC epoch seconds."""
         return int(self._clock())
 
     def _event(
-        self,
-        now: int,
-        action: str,
-        token_id: str | None,
-        outcome: str,
-        detail: str | None = None,
+        self, now: int, action: str, token_id: str | None, outcome: str, detail: str | None = None
     ) -> AuditEvent:
         return AuditEvent(now, action, token_id, outcome, self._source, detail)
 
@@ -187,6 +137,7 @@ class TokenService:
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         label: str | None = None,
         uses: int | None = None,
+        scopes: Sequence[object] = (),
         count: int = 1,
         batch_size: int = ISSUE_BATCH_SIZE,
     ) -> Iterator[list[IssuedToken]]:
@@ -196,12 +147,14 @@ class TokenService:
         """
         validate_ttl(ttl_seconds)
         stored_label = validate_label(label)
-        _validate_positive("uses", uses, MAX_USES)
-        _validate_positive("count", count, MAX_COUNT)
+        validate_positive("uses", uses, MAX_USES)
+        validate_positive("count", count, MAX_COUNT)
+        stored_scopes = validate_scopes(scopes)
+        template = TokenRecord("", stored_label, 0, 0, uses, None, b"", uses, stored_scopes)
         remaining = count
         while remaining > 0:
             size = min(remaining, batch_size)
-            yield self._issue_batch(size, ttl_seconds, stored_label, uses)
+            yield self._issue_batch(size, ttl_seconds, template)
             remaining -= size
 
     def issue(
@@ -210,100 +163,166 @@ class TokenService:
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         label: str | None = None,
         uses: int | None = None,
+        scopes: Sequence[object] = (),
     ) -> IssuedToken:
         """Issue one token."""
-        batches = self.issue_batches(ttl_seconds=ttl_seconds, label=label, uses=uses)
+        batches = self.issue_batches(ttl_seconds=ttl_seconds, label=label, uses=uses, scopes=scopes)
         return next(batches)[0]
 
     def _issue_batch(
         self,
         size: int,
         ttl_seconds: int,
-        label: str | None,
-        uses: int | None,
+        template: TokenRecord,
         *,
         replaces: str | None = None,
         grace_seconds: int = 0,
     ) -> list[IssuedToken]:
+        """Store `size` new tokens with the label, uses and scopes of `template`."""
         for attempt in range(_ID_COLLISION_RETRIES):
             now = self.now()
-            expires_at = now + ttl_seconds
             fresh = [tokens.generate() for _ in range(size)]
+            records = [
+                template._replace(
+                    id=new.id,
+                    created_at=now,
+                    expires_at=now + ttl_seconds,
+                    secret_hash=new.secret_hash,
+                )
+                for new in fresh
+            ]
             try:
                 with self._store.transaction():
-                    self._store.insert_tokens(
-                        (new.id, new.secret_hash, label, now, expires_at, uses) for new in fresh
-                    )
+                    self._store.insert_tokens(records)
                     if replaces is not None:
                         self._store.cut_expiry(replaces, now + grace_seconds)
                         self._store.record(
                             [self._event(now, "rotate", replaces, "rotated", f"by {fresh[0].id}")]
                         )
+                    detail = f"replaces {replaces}" if replaces else None
                     self._store.record(
-                        self._event(now, "issue", new.id, "issued", f"replaces {replaces}")
-                        if replaces
-                        else self._event(now, "issue", new.id, "issued")
-                        for new in fresh
+                        [self._event(now, "issue", new.id, "issued", detail) for new in fresh]
                     )
             except IdCollisionError:
                 if attempt == _ID_COLLISION_RETRIES - 1:
                     raise
                 continue
             return [
-                IssuedToken(
-                    TokenInfo(new.id, label, now, expires_at, uses, TokenState.VALID),
-                    new.plaintext,
-                )
-                for new in fresh
+                IssuedToken(info(record, TokenState.VALID), new.plaintext)
+                for record, new in zip(records, fresh, strict=True)
             ]
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- check ---------------------------------------------------------------------------
 
-    def check(self, text: str) -> CheckResult:
-        """Judge a presented token; a valid one uses up one use, an expired one is deleted."""
-        try:
-            token_id = tokens.parse(text)
-        except tokens.MalformedTokenError:
-            token_id = None
+    def check(self, text: str, scopes: Sequence[object] = ()) -> CheckResult:
+        """Judge a presented token; a valid one uses up one use of a use-limited token."""
+        return self.check_many([Presented(text, validate_scopes(scopes, limit=None))])[0]
+
+    def check_many(self, presented: Sequence[Presented]) -> list[CheckResult]:
+        """Judge several presented tokens in one transaction, in order.
+
+        The verdict order is malformed, unknown, revoked, expired, used_up,
+        insufficient_scope, valid. A token lacking a required scope takes no use. The
+        same single-use token presented twice is valid once. Each check is one audit
+        event. Costs a constant number of queries, whatever the number of tokens.
+        """
+        token_ids = [parse_presented(item.text) for item in presented]
         with self._store.transaction():
             now = self.now()
-            result = self._judge(text, token_id, now)
-            known_id = result.info.id if result.info else None
-            self._store.record_one(self._event(now, "check", known_id, result.state.value))
-        return result
+            known = [token_id for token_id in token_ids if token_id is not None]
+            records = self._store.get_many(known) if known else {}
+            verdicts: list[tuple[TokenState, TokenRecord | None]] = []
+            wanted: Counter[str] = Counter()
+            for item, token_id in zip(presented, token_ids, strict=True):
+                record = records.get(token_id) if token_id is not None else None
+                state = self._judge(item, token_id, record, now)
+                if (
+                    state is TokenState.VALID
+                    and record is not None
+                    and record.uses_left is not None
+                ):
+                    wanted[record.id] += 1
+                verdicts.append((state, record))
+            granted = self._store.consume_uses(wanted, now) if wanted else {}
+            results = self._hand_out_uses(verdicts, granted, now)
+            self._store.record(
+                [
+                    self._event(now, "check", result.info.id if result.info else None, result.state)
+                    for result in results
+                ]
+            )
+        return results
 
-    def _judge(self, text: str, token_id: str | None, now: int) -> CheckResult:
+    @staticmethod
+    def _judge(
+        item: Presented, token_id: str | None, record: TokenRecord | None, now: int
+    ) -> TokenState:
         if token_id is None:
-            return CheckResult(TokenState.MALFORMED)
-        record = self._store.get(token_id)
-        if record is None or not tokens.matches(text, record.secret_hash):
-            return CheckResult(TokenState.UNKNOWN)
+            return TokenState.MALFORMED
+        if record is None or not tokens.matches(item.text, record.secret_hash):
+            return TokenState.UNKNOWN
         state = state_at(record, now)
-        if state is TokenState.EXPIRED:
-            self._store.delete_expired(token_id, now)
-        if state is not TokenState.VALID or record.uses_left is None:
-            return CheckResult(state, _info(record, state))
-        if not self._store.consume_use(token_id, now):
-            used_up = TokenState.USED_UP
-            return CheckResult(used_up, _info(record, used_up)._replace(uses_left=0))
-        return CheckResult(state, _info(record, state)._replace(uses_left=record.uses_left - 1))
+        if state is TokenState.VALID and lacks_scopes(record, item.scopes):
+            return TokenState.INSUFFICIENT_SCOPE
+        return state
 
-    # -- revoke, renew, rotate -------------------------------------------------------------
+    def _hand_out_uses(
+        self,
+        verdicts: list[tuple[TokenState, TokenRecord | None]],
+        granted: dict[str, tuple[int, int]],
+        now: int,
+    ) -> list[CheckResult]:
+        """Give the uses the store granted to the checks that asked, first come first."""
+        handed: Counter[str] = Counter()
+        results = []
+        for state, record in verdicts:
+            if record is None:
+                results.append(CheckResult(state))
+                continue
+            if state is not TokenState.VALID or record.uses_left is None:
+                results.append(CheckResult(state, info(record, state)))
+                continue
+            count, left_after = granted.get(record.id, (0, 0))
+            if handed[record.id] < count:
+                uses_left = left_after + (count - 1 - handed[record.id])
+                handed[record.id] += 1
+                results.append(
+                    CheckResult(state, info(record, state)._replace(uses_left=uses_left))
+                )
+                continue
+            # No use left for this one: taken by an earlier check of this batch, or by
+            # another process since the read (which may also have revoked it).
+            fresh = self._store.get(record.id) if handed[record.id] == 0 else None
+            late = state_at(fresh, now) if fresh is not None else TokenState.USED_UP
+            if late is TokenState.VALID:
+                late = TokenState.USED_UP
+            current = fresh if fresh is not None else record._replace(uses_left=0)
+            results.append(CheckResult(late, info(current, late)))
+        return results
+
+    # -- show, revoke, renew, rotate ------------------------------------------------------
 
     def resolve_id(self, id_or_token: str) -> str:
         """Return the token ID named by a bare ID or a full token, or raise NotFoundError."""
-        candidate = id_or_token.strip()
+        candidate = tokens.strip(id_or_token)
         if tokens.is_token_id(candidate):
             return candidate
-        try:
-            token_id = tokens.parse(candidate)
-        except tokens.MalformedTokenError:
-            raise NotFoundError(f"{_shown(candidate)} is neither a token ID nor a token") from None
+        token_id = parse_presented(candidate)
+        if token_id is None:
+            raise NotFoundError(f"{_shown(candidate)} is neither a token ID nor a token")
         record = self._store.get(token_id)
         if record is None or not tokens.matches(candidate, record.secret_hash):
             raise NotFoundError(f"no token {token_id}")
         return token_id
+
+    def show(self, id_or_token: str) -> TokenInfo:
+        """A token's public fields and state; takes no use and writes nothing."""
+        token_id = self.resolve_id(id_or_token)
+        record = self._store.get(token_id)
+        if record is None:
+            raise NotFoundError(f"no token {token_id}")
+        return info(record, state_at(record, self.now()))
 
     def revoke(self, id_or_token: str) -> str:
         """Revoke one token by ID or full token; return its ID or raise NotFoundError."""
@@ -317,6 +336,23 @@ class TokenService:
         if not found:
             raise NotFoundError(f"no token {token_id}")
         return token_id
+
+    def revoke_selected(self, selector: TokenFilter, *, dry_run: bool = False) -> list[str]:
+        """Revoke every live token the selector matches, in one transaction; their IDs.
+
+        A dry run returns the IDs it would revoke and changes nothing.
+        """
+        if dry_run:
+            now = self.now()
+            live = selector._replace(states=LIVE.states, limit=None)
+            return [record.id for record in self._store.iter_tokens(live, now)]
+        with self._store.transaction():
+            now = self.now()
+            revoked = self._store.revoke_matching(selector, now)
+            self._store.record(
+                [self._event(now, "revoke", token_id, "revoked") for token_id in revoked]
+            )
+        return revoked
 
     def _live_record(self, action: str, token_id: str, now: int) -> TokenRecord:
         """The record of a live token, or NotFoundError (with its audit event recorded)."""
@@ -341,19 +377,20 @@ class TokenService:
             except NotFoundError as error:
                 refused = error  # commit the refusal's audit event, then raise
             else:
-                self._store.set_expiry(token_id, now + ttl_seconds)
+                expires_at = renewed_expiry(record, now, ttl_seconds)
+                self._store.set_expiry(token_id, expires_at)
                 self._store.record(
                     [self._event(now, "renew", token_id, "renewed", f"ttl {ttl_seconds}s")]
                 )
         if refused is not None:
             raise refused
-        return _info(record, TokenState.VALID)._replace(expires_at=now + ttl_seconds)
+        return info(record, TokenState.VALID)._replace(expires_at=expires_at)
 
     def rotate(
         self, id_or_token: str, *, grace_seconds: int = 0, ttl_seconds: int | None = None
     ) -> IssuedToken:
-        """Issue a successor with the same label and use limit; the old token lives on
-        for `grace_seconds` at most. The TTL defaults to the old token's own lifetime."""
+        """Issue a successor with the same label, use limit and scopes; the old token lives
+        on for `grace_seconds` at most. The TTL defaults to the old token's own lifetime."""
         if grace_seconds < 0:
             raise InvalidRequestError("grace must not be negative")
         if grace_seconds > MAX_TTL_SECONDS:
@@ -369,37 +406,43 @@ class TokenService:
                 refused = error
         if refused is not None:
             raise refused
-        ttl = ttl_seconds if ttl_seconds is not None else record.expires_at - record.created_at
+        ttl = ttl_seconds if ttl_seconds is not None else min(lifetime(record), MAX_TTL_SECONDS)
         uses = record.uses_limit if record.uses_limit is not None else record.uses_left
-        batch = self._issue_batch(
-            1, validate_ttl(ttl), record.label, uses, replaces=token_id, grace_seconds=grace_seconds
-        )
-        return batch[0]
+        template = record._replace(uses_left=uses, uses_limit=uses, revoked_at=None)
+        return self._issue_batch(1, ttl, template, replaces=token_id, grace_seconds=grace_seconds)[
+            0
+        ]
 
     # -- list, purge, stats, audit ---------------------------------------------------------
 
-    def list_tokens(self, *, include_ended: bool = False) -> list[TokenInfo]:
-        """Live tokens, oldest first; with `include_ended`, the not-yet-purged dead ones too."""
+    def list_tokens(self, selector: TokenFilter = LIVE) -> Iterator[TokenInfo]:
+        """The tokens the selector matches, oldest first, streamed from the store."""
+        if selector.limit is not None:
+            validate_positive("limit", selector.limit, 2**62)
         now = self.now()
-        return [
-            _info(record, state_at(record, now))
-            for record in self._store.list_tokens(now, include_ended=include_ended)
-        ]
+        for record in self._store.iter_tokens(selector, now):
+            yield info(record, state_at(record, now))
 
     def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens starting with `prefix`, for shell completion."""
         return self._store.live_ids(self.now(), prefix, limit)
 
+    def scopes_in_use(self, prefix: str = "", limit: int = 200) -> list[str]:
+        """Scope names held by live tokens, starting with `prefix`, for shell completion."""
+        return self._store.scopes_in_use(self.now(), prefix, limit)
+
     def purge(
-        self, *, dry_run: bool = False, audit_retention_seconds: int | None = None
+        self,
+        *,
+        dry_run: bool = False,
+        audit_retention_seconds: int | None = DEFAULT_AUDIT_RETENTION_SECONDS,
     ) -> PurgeResult:
-        """Delete every expired, used-up or revoked token (or count them, on a dry run);
-        with a retention, also drop audit events older than it."""
+        """Delete every expired, used-up or revoked token (or count them, on a dry run),
+        and drop audit events older than the retention (None keeps every event)."""
         if audit_retention_seconds is not None and audit_retention_seconds <= 0:
             raise InvalidRequestError("audit retention must be positive, e.g. 90d")
-        now = self.now()
         if dry_run:
-            return PurgeResult(self._store.count_ended(now), dry_run=True)
+            return PurgeResult(self._store.count_ended(self.now()), dry_run=True)
         with self._store.transaction():
             now = self.now()
             purged = self._store.purge(now)
@@ -415,25 +458,15 @@ class TokenService:
         self._store.ping()
 
     def stats(self) -> Stats:
-        """Counts by condition, the next expiry, the database path and size."""
-        counts = self._store.counts(self.now())
-        path = self._store.path
-        return Stats(
-            counts.live,
-            counts.expired,
-            counts.used_up,
-            counts.revoked,
-            counts.next_expiry,
-            str(path) if path is not None else None,
-            self._store.size_bytes(),
-        )
+        """Counts by condition, the next expiry, the audit trail, the database and size."""
+        return Stats(self._store.counts(self.now()), self._store.location, self._store.size_bytes())
 
     def audit(
         self, *, since_seconds: int | None = None, token_id: str | None = None, limit: int = 100
     ) -> list[AuditEvent]:
         """The newest `limit` audit events, oldest first, optionally within `since_seconds`
         and for one token."""
-        _validate_positive("limit", limit, MAX_COUNT)
+        validate_positive("limit", limit, MAX_COUNT)
         since = None if since_seconds is None else self.now() - since_seconds
         return self._store.events(since=since, token_id=token_id, limit=limit)
 

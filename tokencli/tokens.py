@@ -106,12 +106,22 @@ def hash_token(plaintext: str) -> bytes:
     return sha256(plaintext.encode("ascii")).digest()
 
 
+# ASCII whitespace only: a token wrapped in other Unicode spaces was not typed or piped
+# as one, and must not be taken for it.
+_ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
+
+
+def strip(text: str) -> str:
+    """The text without the ASCII whitespace around it (a trailing newline from a pipe)."""
+    return text.strip(_ASCII_WHITESPACE)
+
+
 def parse(text: str) -> str:
     """Return the token ID of a well-formed token, or raise MalformedTokenError.
 
-    Whitespace around the token (a trailing newline from a pipe) is not part of it.
+    ASCII whitespace around the token (a trailing newline from a pipe) is not part of it.
     """
-    candidate = text.strip()
+    candidate = strip(text)
     if len(candidate) != MAX_TOKEN_LENGTH:
         raise MalformedTokenError("not a tokencli token (wrong length)")
     match = TOKEN_PATTERN.fullmatch(candidate)
@@ -127,7 +137,7 @@ def parse(text: str) -> str:
 
 def matches(text: str, stored_hash: bytes) -> bool:
     """Compare a presented token with a stored hash in constant time."""
-    return compare_digest(hash_token(text.strip()), stored_hash)
+    return compare_digest(hash_token(strip(text)), stored_hash)
 
 
 def is_token_id(text: str) -> bool:

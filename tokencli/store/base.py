@@ -32,8 +32,9 @@ class Store(Protocol):
     """One connection to a tokencli database and every query the service needs."""
 
     @property
-    def location(self) -> str:
-        """Where the data is, safe to print (a URL's password shown as ***)."""
+    def location(self) -> str | None:
+        """Where the data is, safe to print (a URL's password shown as ***); None when
+        there is no database yet and the store reads as empty."""
         ...
 
     def close(self) -> None:

@@ -1,246 +1,80 @@
-"""The SQLite store: the only module that knows SQL.
+"""The SQLite store: one file holds every token (the embedded default).
 
-One file holds every token. The service talks to a `Store` through a narrow set of
-methods (insert, fetch, consume a use, revoke, list, purge), so a second store, say a
-replicated database, can be added later without touching the service or its adapters.
+Opening and checking the file is `sqlite_open.py`; the schema is `sqlite_schema.py`; the
+server's background upkeep is `sqlite_backend.py`. This module is the queries.
 
-Three decisions shape this module:
-
-- A file is checked before anything writes to it. SQLite must read it, and it must carry
-  tokencli's `application_id`; its `user_version` must not be newer than this code. A
-  file that fails is refused and left byte-for-byte untouched.
-- A new database is built under a temporary name and linked into place fully formed, so
-  a concurrent process never sees a half-made file, and the header (application_id,
-  schema) is written to the main file before WAL mode starts.
-- Each row carries `ends_at`: the moment it stops being usable (expiry, revocation or
-  last use). Purge is then one indexed `DELETE ... WHERE ends_at <= now`.
+Each row carries `ends_at`: the moment it stops being usable (expiry, revocation or
+last use). Purge is then one indexed `DELETE ... WHERE ends_at <= now`, and "live" is
+`ends_at > now`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from tokencli.errors import StorageError
+from tokencli.model import AuditEvent, Counts, TokenFilter, TokenRecord, TokenState, ends_at
+from tokencli.store.base import IdCollisionError
+from tokencli.store.sqlite_open import open_connection, storage_errors
+from tokencli.store.sqlite_schema import migrate
 
-if TYPE_CHECKING:
-    from sqlite_utils import Database
-
-# "tknc": marks a SQLite file as ours, so another application's database is refused.
-APPLICATION_ID = 0x746B6E63
-BUSY_TIMEOUT_SECONDS = 10.0
-
-# (id, secret_hash, label, created_at, expires_at, uses_left), as `insert_tokens` takes it.
-NewRow = tuple[str, bytes, str | None, int, int, int | None]
-_TOKEN_COLUMNS = "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, uses_limit"
+_TOKEN_COLUMNS = (
+    "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, uses_limit, scopes"
+)
 _EVENT_COLUMNS = "at, action, token_id, outcome, source, detail"
 _INSERT_EVENT = f"INSERT INTO audit ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_TOKEN = (
+    "INSERT {verb} INTO tokens (id, label, created_at, expires_at, uses_left, revoked_at,"
+    " secret_hash, uses_limit, scopes, ends_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The states of a stored token as SQL, in the precedence the service gives them.
+_STATE_SQL = {
+    TokenState.VALID: "ends_at > :now",
+    TokenState.REVOKED: "revoked_at IS NOT NULL",
+    TokenState.EXPIRED: "(revoked_at IS NULL AND expires_at <= :now)",
+    TokenState.USED_UP: "(revoked_at IS NULL AND expires_at > :now AND uses_left <= 0)",
+}
+# SQLite's default limit on host parameters in one statement is 999 on old builds.
+_IDS_PER_QUERY = 500
 
 
-class IdCollisionError(StorageError):
-    """A freshly generated ID already exists (about one in 10^12 per token)."""
-
-
-class TokenRecord(NamedTuple):
-    """One stored token, exactly as the row holds it (times are UTC epoch seconds)."""
-
-    id: str
-    label: str | None
-    created_at: int
-    expires_at: int
-    uses_left: int | None
-    revoked_at: int | None
-    secret_hash: bytes
-    uses_limit: int | None
-
-
-class AuditEvent(NamedTuple):
-    """One line of the audit trail. Never holds a secret: IDs and outcomes only."""
-
-    at: int
-    action: str
-    token_id: str | None
-    outcome: str
-    source: str
-    detail: str | None = None
-
-
-class Counts(NamedTuple):
-    """Token counts by condition at one moment, for `stats`."""
-
-    live: int
-    expired: int
-    used_up: int
-    revoked: int
-    next_expiry: int | None
-
-
-def _m001_create_tokens(db: Database) -> None:
-    # Raw DDL: sqlite-utils cannot say WITHOUT ROWID, and a token lookup by ID then
-    # walks one b-tree instead of an index and a table.
-    db.execute(
-        """
-        CREATE TABLE tokens (
-            id TEXT PRIMARY KEY NOT NULL,
-            secret_hash BLOB NOT NULL,
-            label TEXT,
-            created_at INTEGER NOT NULL,
-            expires_at INTEGER NOT NULL,
-            uses_left INTEGER,
-            revoked_at INTEGER,
-            ends_at INTEGER NOT NULL
-        ) STRICT, WITHOUT ROWID
-        """
-    )
-    db.table("tokens").create_index(["ends_at"], index_name="tokens_ends_at")
-
-
-def _m002_audit_and_use_limit(db: Database) -> None:
-    # The limit a token was issued with, so `rotate` can give its successor the same one.
-    # Rows from schema 1 keep NULL here; the service falls back to their uses left.
-    db.table("tokens").add_column("uses_limit", int)
-    audit = db.table("audit")
-    audit.create(
-        {
-            "id": int,
-            "at": int,
-            "action": str,
-            "token_id": str,
-            "outcome": str,
-            "source": str,
-            "detail": str,
-        },
-        pk="id",
-        not_null={"at", "action", "outcome", "source"},
-        strict=True,
-    )
-    # Only `at` is indexed: it grows with the rowid, so its index is append-only and
-    # cheap on the hot path (every check writes an event). `audit --token` scans.
-    audit.create_index(["at"], index_name="audit_at")
-
-
-# Ordered and append-only: never edit a migration that has shipped, add the next one.
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_create_tokens, _m002_audit_and_use_limit]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def migrate(connection: sqlite3.Connection) -> None:
-    """Bring the schema up to SCHEMA_VERSION, each step and its version in one transaction."""
-    if _user_version(connection) >= SCHEMA_VERSION:
-        return
-    from sqlite_utils import Database  # only needed on creation or upgrade
-
-    db = Database(connection, execute_plugins=False)
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        # Another process may have migrated while we waited for the write lock.
-        for version in range(_user_version(connection), SCHEMA_VERSION):
-            MIGRATIONS[version](db)
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-
-
-def _user_version(connection: sqlite3.Connection) -> int:
-    return int(connection.execute("PRAGMA user_version").fetchone()[0])
-
-
-@contextlib.contextmanager
-def _storage_errors(path: Path | None) -> Iterator[None]:
-    """Turn SQLite and file-system failures into StorageError with a useful message."""
-    where = str(path) if path is not None else "(empty database)"
-    try:
-        yield
-    except StorageError:
-        raise
-    except sqlite3.OperationalError as error:
-        text = str(error)
-        if "locked" in text or "busy" in text:
-            raise StorageError(
-                f"database at {where} stayed locked for over {BUSY_TIMEOUT_SECONDS:g}s; "
-                "another process holds it (try again)"
-            ) from None
-        raise StorageError(f"cannot use database at {where}: {text}") from None
-    except sqlite3.DatabaseError as error:
-        raise StorageError(
-            f"database at {where} is damaged or not a tokencli database ({error}); "
-            "it was left as it is"
-        ) from None
-    except OSError as error:
-        raise StorageError(f"cannot use database at {where}: {error.strerror or error}") from None
-
-
-def _check_identity(connection: sqlite3.Connection, path: Path) -> None:
-    """Refuse, without writing, any file that is not a tokencli database.
-
-    The check goes through SQLite rather than reading the file's header with open():
-    closing any descriptor of a database file drops every POSIX lock this process holds
-    on it, so a raw read beside a live connection (the server's) lets other processes
-    reset the WAL under that connection's feet and corrupt what it reads.
-    """
-    hint = "(refusing to touch it); pass --db to choose another file"
-    try:
-        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-    except sqlite3.DatabaseError as error:
-        if "not a database" in str(error):
-            raise StorageError(f"{path} is not a SQLite database {hint}") from None
-        raise StorageError(
-            f"database at {path} is damaged ({error}); it was left as it is"
-        ) from None
-    if application_id == APPLICATION_ID:
-        return
-    if path.stat().st_size == 0:
-        raise StorageError(f"database at {path} is an empty file, not a tokencli database {hint}")
-    raise StorageError(f"database at {path} is not a tokencli database {hint}")
-
-
-def _connect(path: Path | str) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
-    # lock up front and waits on the busy timeout instead of failing on upgrade.
-    return sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+def _record(row: Sequence[Any]) -> TokenRecord:
+    token_id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, limit, scopes = row
+    return TokenRecord(
+        token_id,
+        label,
+        created_at,
+        expires_at,
+        uses_left,
+        revoked_at,
+        secret_hash,
+        limit,
+        tuple(scopes.split()) if scopes else (),
     )
 
 
-def _create_database(path: Path) -> None:
-    """Build a new database beside `path`, then link it into place in one step."""
-    import tempfile  # only when creating: it drags in shutil and friends
+def _row(record: TokenRecord) -> tuple[object, ...]:
+    return (*record[:8], " ".join(record.scopes), ends_at(record))
 
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkstemp creates the file with mode 0600, so tokens are never group-readable.
-    handle, temporary_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".new", dir=path.parent
-    )
-    os.close(handle)
-    try:
-        connection = sqlite3.connect(temporary_name, isolation_level=None)
-        try:
-            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            migrate(connection)
-            connection.execute("PRAGMA journal_mode = WAL")
-        finally:
-            connection.close()
-        try:
-            os.link(temporary_name, path)
-        except FileExistsError:
-            pass  # another process created it first; theirs is just as good
-    finally:
-        os.unlink(temporary_name)
+
+class FileWatch:
+    """A problem with the file found in the background (it was replaced), or None."""
+
+    def __init__(self) -> None:
+        self.problem: str | None = None
 
 
 class SQLiteStore:
-    """A tokencli database: a checked, migrated SQLite connection and its queries.
+    """A tokencli database file: a checked, migrated SQLite connection and its queries.
 
-    Every write happens inside `transaction()`, so a change and its audit event commit
-    together or not at all. `write_lock`, shared by the stores of one process, queues
-    those transactions in Python: SQLite's own busy wait sleeps and retries, which under
-    many threads costs far more latency than a queue on a lock.
+    `write_lock`, shared by the stores of one process, queues write transactions in
+    Python: SQLite's own busy wait sleeps and retries, which under many threads costs
+    far more latency than a queue on a lock. `watch` lets the server's upkeep thread
+    fail every write once the file has been replaced under it.
     """
 
     def __init__(
@@ -248,10 +82,15 @@ class SQLiteStore:
         connection: sqlite3.Connection,
         path: Path | None,
         write_lock: contextlib.AbstractContextManager[Any] | None = None,
+        watch: FileWatch | None = None,
+        *,
+        writable: bool = True,
     ) -> None:
         self._connection = connection
         self.path = path
         self._write_lock = write_lock if write_lock is not None else contextlib.nullcontext()
+        self._watch = watch
+        self._writable = writable
         self._in_batch = False
 
     @classmethod
@@ -260,53 +99,47 @@ class SQLiteStore:
         path: Path,
         *,
         create: bool,
+        read_only: bool = False,
         write_lock: contextlib.AbstractContextManager[Any] | None = None,
+        watch: FileWatch | None = None,
     ) -> SQLiteStore:
-        """Open the database at `path`; create it if `create`, else read a missing one as empty."""
-        with _storage_errors(path):
-            if not path.exists() and not path.is_symlink():
-                if not create:
-                    return cls.empty()
-                _create_database(path)
-            if path.is_dir():
-                raise StorageError(f"{path} is a folder, not a database file; pass --db FILE")
-            connection = _connect(path)
-            try:
-                _check_identity(connection, path)
-                # NORMAL is crash-safe in WAL mode (a killed process loses nothing it
-                # committed); only a power cut can drop the last commits.
-                connection.execute("PRAGMA synchronous = NORMAL")
-                version = _user_version(connection)
-                if version > SCHEMA_VERSION:
-                    raise StorageError(
-                        f"database at {path} has schema version {version}, newer than this "
-                        f"tokencli understands ({SCHEMA_VERSION}); upgrade tokencli"
-                    )
-                if version < SCHEMA_VERSION:  # every open of a current file skips this
-                    migrate(connection)
-            except BaseException:
-                connection.close()
-                raise
-            return cls(connection, path, write_lock)
+        """Open the database at `path`; create it if `create`, else read a missing one as
+        empty. `read_only` opens it so that it cannot be written (read-only commands)."""
+        connection = open_connection(path, create=create, read_only=read_only)
+        if connection is None:
+            return cls.empty()
+        return cls(connection, path, write_lock, watch, writable=not read_only)
 
     @classmethod
     def empty(cls) -> SQLiteStore:
-        """An in-memory store, so read-only commands on a missing file create nothing."""
+        """An in-memory store, so read-only commands on a missing database create nothing."""
         connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         migrate(connection)
         return cls(connection, None)
+
+    @property
+    def location(self) -> str | None:
+        """The file's path; None for a missing database read as empty."""
+        return str(self.path) if self.path is not None else None
 
     def close(self) -> None:
         """Close the connection."""
         self._connection.close()
 
-    def size_bytes(self) -> int:
-        """Bytes on disk: the database file and its WAL (0 for an in-memory store)."""
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return storage_errors(self.path, write=self._writable)
+
+    def size_bytes(self) -> int | None:
+        """Bytes on disk: the database file and its WAL (0 for a missing file)."""
         if self.path is None:
             return 0
-        with _storage_errors(self.path):
+        with self._errors():
             wal = Path(f"{self.path}-wal")
             return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+    def _check_watch(self) -> None:
+        if self._watch is not None and self._watch.problem is not None:
+            raise StorageError(self._watch.problem)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -316,22 +149,25 @@ class SQLiteStore:
         rolls back this block alone.
         """
         if self._in_batch:
-            with _storage_errors(self.path):
+            with self._errors():
                 self._connection.execute("SAVEPOINT step")
                 try:
                     yield
                 except BaseException:
-                    self._connection.execute("ROLLBACK TO step")
-                    self._connection.execute("RELEASE step")
+                    if self._connection.in_transaction:
+                        self._connection.execute("ROLLBACK TO step")
+                        self._connection.execute("RELEASE step")
                     raise
                 self._connection.execute("RELEASE step")
             return
-        with self._write_lock, _storage_errors(self.path):
+        self._check_watch()
+        with self._write_lock, self._errors():
             self._connection.execute("BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
                 raise
             self._connection.execute("COMMIT")
 
@@ -343,21 +179,27 @@ class SQLiteStore:
         the requests that arrived together in one batch and sends the answers only once
         it has committed, so no client hears of a change that was not stored.
         """
-        with self._write_lock, _storage_errors(self.path):
+        self._check_watch()
+        with self._write_lock, self._errors():
             self._connection.execute("BEGIN IMMEDIATE")
             self._in_batch = True
             try:
                 yield
+                if not self._connection.in_transaction:
+                    # SQLite rolled the whole batch back itself (disk full, I/O error):
+                    # nothing may be answered as if it were stored.
+                    raise StorageError(f"database at {self.path} rolled back a write")
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
                 raise
             finally:
                 self._in_batch = False
             self._connection.execute("COMMIT")
 
     def set_autocheckpoint(self, pages: int) -> None:
-        """WAL pages after which a commit also checkpoints; 0 leaves it to `checkpoint()`."""
-        with _storage_errors(self.path):
+        """WAL pages after which a commit also checkpoints; 0 leaves it to the upkeep."""
+        with self._errors():
             self._connection.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
 
     def checkpoint(self) -> None:
@@ -367,61 +209,102 @@ class SQLiteStore:
         WAL; the second holds the write lock for the little that is left, so the next
         writer can start the WAL over instead of letting it grow without end.
         """
-        with _storage_errors(self.path):
+        with self._errors():
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
             with self._write_lock:
                 self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def _write(self, sql: str, parameters: tuple[object, ...]) -> int:
+    def ping(self) -> None:
+        """Prove the database answers, at the cost of one page read."""
+        self._check_watch()
+        with self._errors():
+            self._connection.execute("SELECT 1 FROM tokens LIMIT 1").fetchall()
+
+    def _write(self, sql: str, parameters: Sequence[object] | Mapping[str, object]) -> int:
         """Run one write statement (inside `transaction()`); return the rows it changed."""
-        with _storage_errors(self.path):
+        with self._errors():
             return self._connection.execute(sql, parameters).rowcount
+
+    def _rows(
+        self, sql: str, parameters: Sequence[object] | Mapping[str, object] = ()
+    ) -> list[Any]:
+        with self._errors():
+            return self._connection.execute(sql, parameters).fetchall()
 
     # -- tokens --------------------------------------------------------------------------
 
-    def insert_tokens(self, rows: Iterable[NewRow]) -> None:
-        """Insert rows of (id, secret_hash, label, created_at, expires_at, uses).
-
-        Raises IdCollisionError if an ID is taken; call inside `transaction()` so the
-        caller can roll the whole batch back and retry with fresh IDs.
-        """
-        with _storage_errors(self.path):
+    def insert_tokens(self, records: Iterable[TokenRecord]) -> None:
+        """Insert new tokens; IdCollisionError if an ID is taken (call inside a transaction,
+        so the caller can roll the whole batch back and retry with fresh IDs)."""
+        with self._errors():
             try:
                 self._connection.executemany(
-                    "INSERT INTO tokens (id, secret_hash, label, created_at, expires_at,"
-                    " uses_left, uses_limit, ends_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?5)",
-                    rows,
+                    _INSERT_TOKEN.format(verb=""), (_row(record) for record in records)
                 )
             except sqlite3.IntegrityError:
                 raise IdCollisionError("a generated token ID is already taken") from None
 
-    def get(self, token_id: str) -> TokenRecord | None:
-        """Return the token with this ID, or None."""
-        with _storage_errors(self.path):
-            row = self._connection.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
-            ).fetchone()
-        return TokenRecord(*row) if row is not None else None
-
-    def consume_use(self, token_id: str, now: int) -> bool:
-        """Take one use of a use-limited token; False if none was left.
-
-        The condition is in the UPDATE itself, so two checkers can never both take
-        the last use, whatever the isolation around them.
-        """
-        return (
-            self._write(
-                "UPDATE tokens SET uses_left = uses_left - 1,"
-                " ends_at = CASE WHEN uses_left = 1 THEN ?2 ELSE ends_at END"
-                " WHERE id = ?1 AND uses_left > 0",
-                (token_id, now),
+    def insert_missing(self, records: Iterable[TokenRecord]) -> int:
+        """Insert the tokens whose ID is not yet stored; return how many were inserted."""
+        with self._errors():
+            before = self._connection.total_changes
+            self._connection.executemany(
+                _INSERT_TOKEN.format(verb="OR IGNORE"), (_row(record) for record in records)
             )
-            == 1
-        )
+            return self._connection.total_changes - before
 
-    def delete_expired(self, token_id: str, now: int) -> None:
-        """Delete this token if it has expired by `now`."""
-        self._write("DELETE FROM tokens WHERE id = ? AND expires_at <= ?", (token_id, now))
+    def existing_ids(self, ids: Collection[str]) -> set[str]:
+        """The IDs among `ids` that are stored."""
+        return set(self.get_many(list(ids)))
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        """The token with this ID, or None."""
+        rows = self._rows(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,))
+        return _record(rows[0]) if rows else None
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, TokenRecord]:
+        """The stored tokens among `ids`, by ID."""
+        if len(ids) == 1:
+            record = self.get(ids[0])
+            return {record.id: record} if record is not None else {}
+        found: dict[str, TokenRecord] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _IDS_PER_QUERY):
+            chunk = unique[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            for row in self._rows(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id IN ({marks})", chunk
+            ):
+                found[row[0]] = _record(row)
+        return found
+
+    def consume_uses(self, wanted: Mapping[str, int], now: int) -> dict[str, tuple[int, int]]:
+        """Take up to `wanted[id]` uses of each use-limited token still live at `now`.
+
+        The condition is in the UPDATE itself, so two checkers can never both take the
+        last use, whatever the isolation around them.
+        """
+        granted: dict[str, tuple[int, int]] = {}
+        for token_id, count in wanted.items():
+            before = None
+            if count > 1:
+                rows = self._rows("SELECT uses_left FROM tokens WHERE id = ?", (token_id,))
+                before = rows[0][0] if rows else None
+            changed = self._write(
+                "UPDATE tokens SET uses_left = uses_left - min(:n, uses_left),"
+                " ends_at = CASE WHEN uses_left <= :n THEN min(ends_at, :now) ELSE ends_at END"
+                " WHERE id = :id AND uses_left > 0 AND revoked_at IS NULL AND expires_at > :now",
+                {"id": token_id, "n": count, "now": now},
+            )
+            if not changed:
+                continue
+            if before is None:
+                rows = self._rows("SELECT uses_left FROM tokens WHERE id = ?", (token_id,))
+                granted[token_id] = (1, rows[0][0])
+            else:
+                taken = min(count, before)
+                granted[token_id] = (taken, before - taken)
+        return granted
 
     def revoke(self, token_id: str, now: int) -> bool:
         """Mark the token revoked at `now` (kept if already revoked); False if no such token."""
@@ -432,6 +315,20 @@ class SQLiteStore:
         )
         return changed == 1
 
+    def revoke_matching(self, selector: TokenFilter, now: int) -> list[str]:
+        """Revoke every live token the filter selects; return their IDs, oldest first."""
+        where, parameters = _where(selector._replace(states=frozenset({TokenState.VALID})), now)
+        ids = [row[0] for row in self._rows(f"SELECT id FROM tokens {where}", parameters)]
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            self._write(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?),"
+                f" ends_at = MIN(ends_at, ?) WHERE id IN ({marks})",
+                (now, now, *chunk),
+            )
+        return ids
+
     def set_expiry(self, token_id: str, expires_at: int) -> None:
         """Give a live token a new expiry (renew)."""
         self._write(
@@ -439,78 +336,80 @@ class SQLiteStore:
         )
 
     def cut_expiry(self, token_id: str, latest: int) -> None:
-        """Make a token expire no later than `latest` (rotate's grace period)."""
+        """Make a token expire no later than `latest`, and never before its creation."""
         self._write(
-            "UPDATE tokens SET expires_at = MIN(expires_at, ?2), ends_at = MIN(ends_at, ?2)"
-            " WHERE id = ?1",
+            "UPDATE tokens SET expires_at = MIN(expires_at, MAX(?2, created_at)),"
+            " ends_at = MIN(ends_at, MAX(?2, created_at)) WHERE id = ?1",
             (token_id, latest),
         )
 
-    def list_tokens(self, now: int, *, include_ended: bool) -> list[TokenRecord]:
-        """Tokens oldest first; only live ones unless `include_ended`."""
-        where = "" if include_ended else "WHERE ends_at > ?"
-        parameters: tuple[int, ...] = () if include_ended else (now,)
-        with _storage_errors(self.path):
-            rows = self._connection.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at, id",
+    def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
+        """The tokens the filter selects at `now`, oldest first, streamed from the cursor."""
+        where, parameters = _where(selector, now)
+        limit = "" if selector.limit is None else f" LIMIT {int(selector.limit)}"
+        with self._errors():
+            cursor = self._connection.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at, id{limit}",
                 parameters,
-            ).fetchall()
-        return [TokenRecord(*row) for row in rows]
+            )
+        while True:
+            with self._errors():
+                rows = cursor.fetchmany(1000)
+            if not rows:
+                return
+            for row in rows:
+                yield _record(row)
 
     def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens whose ID starts with `prefix`, for shell completion."""
-        with _storage_errors(self.path):
-            rows = self._connection.execute(
-                "SELECT id, label FROM tokens WHERE ends_at > ? AND id >= ? AND id < ?"
-                " ORDER BY id LIMIT ?",
-                (now, prefix, prefix + "\U0010ffff", limit),
-            ).fetchall()
+        rows = self._rows(
+            "SELECT id, label FROM tokens WHERE ends_at > ? AND id >= ? AND id < ?"
+            " ORDER BY id LIMIT ?",
+            (now, prefix, prefix + "\U0010ffff", limit),
+        )
         return [(str(row[0]), row[1]) for row in rows]
 
-    def ping(self) -> None:
-        """Prove the database answers, at the cost of one page read."""
-        with _storage_errors(self.path):
-            self._connection.execute("SELECT 1 FROM tokens LIMIT 1").fetchall()
+    def scopes_in_use(self, now: int, prefix: str, limit: int) -> list[str]:
+        """Scope names held by live tokens, starting with `prefix`, for shell completion."""
+        names: set[str] = set()
+        with self._errors():
+            cursor = self._connection.execute(
+                "SELECT DISTINCT scopes FROM tokens WHERE ends_at > ? AND scopes != ''", (now,)
+            )
+            for (joined,) in cursor:
+                names.update(name for name in joined.split() if name.startswith(prefix))
+        return sorted(names)[:limit]
 
     def count_ended(self, now: int) -> int:
         """How many rows purge would delete at `now`."""
-        with _storage_errors(self.path):
-            row = self._connection.execute(
-                "SELECT count(*) FROM tokens WHERE ends_at <= ?", (now,)
-            ).fetchone()
-        return int(row[0])
+        return int(self._rows("SELECT count(*) FROM tokens WHERE ends_at <= ?", (now,))[0][0])
 
     def purge(self, now: int) -> int:
         """Delete every expired, used-up or revoked token in one indexed statement."""
         return self._write("DELETE FROM tokens WHERE ends_at <= ?", (now,))
 
     def counts(self, now: int) -> Counts:
-        """Tokens by condition, in one pass."""
-        with _storage_errors(self.path):
-            row = self._connection.execute(
-                "SELECT"
-                " coalesce(sum(ends_at > ?1), 0),"
-                " coalesce(sum(revoked_at IS NULL AND expires_at <= ?1), 0),"
-                " coalesce(sum(revoked_at IS NULL AND expires_at > ?1 AND uses_left <= 0), 0),"
-                " coalesce(sum(revoked_at IS NOT NULL), 0),"
-                " min(CASE WHEN ends_at > ?1 THEN expires_at END)"
-                " FROM tokens",
-                (now,),
-            ).fetchone()
+        """Tokens by condition in one pass, and the audit trail's size and oldest event."""
+        row = self._rows(
+            "SELECT"
+            " coalesce(sum(ends_at > ?1), 0),"
+            " coalesce(sum(revoked_at IS NULL AND expires_at <= ?1), 0),"
+            " coalesce(sum(revoked_at IS NULL AND expires_at > ?1 AND uses_left <= 0), 0),"
+            " coalesce(sum(revoked_at IS NOT NULL), 0),"
+            " min(CASE WHEN ends_at > ?1 THEN expires_at END)"
+            " FROM tokens",
+            (now,),
+        )[0]
+        audit_events, oldest = self._rows("SELECT count(*), min(at) FROM audit")[0]
         live, expired, used_up, revoked = (int(value) for value in row[:4])
-        return Counts(live, expired, used_up, revoked, row[4])
+        return Counts(live, expired, used_up, revoked, row[4], int(audit_events), oldest)
 
     # -- audit trail ---------------------------------------------------------------------
 
     def record(self, events: Iterable[AuditEvent]) -> None:
         """Append audit events (inside the `transaction()` of the change they record)."""
-        with _storage_errors(self.path):
+        with self._errors():
             self._connection.executemany(_INSERT_EVENT, events)
-
-    def record_one(self, event: AuditEvent) -> None:
-        """Append one audit event; the hot path of every check."""
-        with _storage_errors(self.path):
-            self._connection.execute(_INSERT_EVENT, event)
 
     def events(self, *, since: int | None, token_id: str | None, limit: int) -> list[AuditEvent]:
         """The newest `limit` events matching the filters, oldest first."""
@@ -523,14 +422,44 @@ class SQLiteStore:
             conditions.append("token_id = ?")
             parameters.append(token_id)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        with _storage_errors(self.path):
-            rows = self._connection.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM (SELECT id, {_EVENT_COLUMNS} FROM audit {where}"
-                " ORDER BY at DESC, id DESC LIMIT ?) ORDER BY at, id",
-                (*parameters, limit),
-            ).fetchall()
+        rows = self._rows(
+            f"SELECT {_EVENT_COLUMNS} FROM (SELECT id, {_EVENT_COLUMNS} FROM audit {where}"
+            " ORDER BY at DESC, id DESC LIMIT ?) ORDER BY at, id",
+            (*parameters, limit),
+        )
         return [AuditEvent(*row) for row in rows]
+
+    def iter_events(self) -> Iterator[AuditEvent]:
+        """Every audit event, oldest first, streamed."""
+        with self._errors():
+            cursor = self._connection.execute(f"SELECT {_EVENT_COLUMNS} FROM audit ORDER BY at, id")
+        while True:
+            with self._errors():
+                rows = cursor.fetchmany(1000)
+            if not rows:
+                return
+            for row in rows:
+                yield AuditEvent(*row)
 
     def drop_events_before(self, cutoff: int) -> int:
         """Delete audit events older than `cutoff` (one indexed DELETE)."""
         return self._write("DELETE FROM audit WHERE at < ?", (cutoff,))
+
+
+def _where(selector: TokenFilter, now: int) -> tuple[str, dict[str, object]]:
+    """The WHERE clause and its parameters for a token filter at `now`."""
+    conditions: list[str] = []
+    parameters: dict[str, object] = {"now": now}
+    if selector.states is not None:
+        states = " OR ".join(_STATE_SQL[state] for state in sorted(selector.states))
+        conditions.append(f"({states})" if states else "0")
+    if selector.label is not None:
+        conditions.append("label = :label")
+        parameters["label"] = selector.label
+    for index, scope in enumerate(selector.scopes):
+        conditions.append(f"instr(' ' || scopes || ' ', :scope{index}) > 0")
+        parameters[f"scope{index}"] = f" {scope} "
+    if selector.expires_by is not None:
+        conditions.append("expires_at <= :expires_by")
+        parameters["expires_by"] = selector.expires_by
+    return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), parameters

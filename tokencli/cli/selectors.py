@@ -1,0 +1,60 @@
+"""Token filters from command-line options, shared by list, revoke and export."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tokencli.errors import InvalidRequestError
+from tokencli.model import STORED_STATES, TokenFilter, TokenState
+from tokencli.rules import validate_positive, validate_scopes
+
+STATE_NAMES = tuple(state.value for state in STORED_STATES)
+
+
+def parse_states(names: Sequence[str]) -> frozenset[TokenState]:
+    """States named on the command line; a name that is not a stored state is refused."""
+    states = set()
+    for name in names:
+        if name not in STATE_NAMES:
+            raise InvalidRequestError(f"unknown state {name[:40]!r}; use {', '.join(STATE_NAMES)}")
+        states.add(TokenState(name))
+    return frozenset(states)
+
+
+def selector_options_filter(
+    *,
+    label: str | None = None,
+    scopes: Sequence[str] | None = None,
+    everything: bool = False,
+) -> TokenFilter | None:
+    """The live tokens a revoke selector names (None when no selector was given)."""
+    if label is None and not scopes and not everything:
+        return None
+    return TokenFilter(label=label, scopes=validate_scopes(scopes or (), limit=None))
+
+
+def list_filter(
+    *,
+    include_ended: bool,
+    label: str | None,
+    scopes: Sequence[str] | None,
+    states: Sequence[str] | None,
+    expires_by: int | None,
+    limit: int | None,
+) -> TokenFilter:
+    """The filter of `list` and `export`: live tokens unless --all or --state say more."""
+    validate_positive("limit", limit, 2**62)
+    chosen: frozenset[TokenState] | None
+    if states:
+        chosen = parse_states(states)
+    elif include_ended:
+        chosen = None
+    else:
+        chosen = frozenset({TokenState.VALID})
+    return TokenFilter(
+        states=chosen,
+        label=label,
+        scopes=validate_scopes(scopes or (), limit=None),
+        expires_by=expires_by,
+        limit=limit,
+    )

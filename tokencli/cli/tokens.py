@@ -1,0 +1,340 @@
+"""Commands about single tokens: issue, check, show, revoke, renew, rotate."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from tokencli import output, tokens
+from tokencli.cli.base import (
+    app,
+    complete_live_ids,
+    complete_scopes,
+    duration_option,
+    error,
+    exit_codes,
+    json_option,
+    service,
+)
+from tokencli.cli.selectors import selector_options_filter
+from tokencli.errors import ExitStatus, InvalidRequestError, NoPermissionError, NotFoundError
+from tokencli.model import TokenInfo
+from tokencli.rules import validate_scopes
+from tokencli.service import ISSUE_BATCH_SIZE
+
+# `issue --count` shows a progress bar on a terminal from this many tokens on, and then
+# commits in smaller batches so the bar moves.
+_PROGRESS_THRESHOLD = 5_000
+_PROGRESS_BATCH = 10_000  # so --count 10000 stays one transaction
+# Longest line `check` reads from stdin (a real token is 43 characters), and how many
+# blank lines it skips before the token.
+_MAX_STDIN_TOKEN = 4096
+_MAX_BLANK_LINES = 100
+
+ScopeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scope",
+        metavar="NAME",
+        help="A scope (repeatable): 1-64 of a-z 0-9 : . _ -",
+        autocompletion=complete_scopes,
+    ),
+]
+
+
+@app.command()
+def issue(
+    ctx: typer.Context,
+    ttl: Annotated[
+        int,
+        duration_option(
+            "Lifetime: 90s, 15m, 2h, 7d, 1w, 1h30m; a bare number is seconds. At most 3650d."
+        ),
+    ] = "60m",  # type: ignore[assignment]  # parsed by parse_duration_option
+    label: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEXT", help="Free text shown by list (up to 200 printable characters)."
+        ),
+    ] = None,
+    uses: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Valid for this many successful checks (1: single-use). Default: unlimited.",
+        ),
+    ] = None,
+    scope: ScopeOption = None,
+    count: Annotated[
+        int, typer.Option(metavar="N", help="How many tokens to issue (at most 1,000,000).")
+    ] = 1,
+    json_output: Annotated[bool, json_option("One JSON object per token, one per line.")] = False,
+) -> None:
+    """Issue new tokens and print each one once, one per line.
+
+    The token is shown only here: only a hash of it is stored. A token holds up to 32
+    scopes; `check --scope` then requires them.
+
+    \b
+    Examples:
+      TOKEN=$(tokencli issue --ttl 15m)
+      tokencli issue --ttl 1h --uses 1 --label "password reset for ada"
+      tokencli issue --scope deploy --scope read:logs --label ci
+      tokencli issue --count 100 --ttl 7d --json > tokens.jsonl
+    """
+    with exit_codes(), service(ctx, create=True) as issuing:
+        show_progress = count >= _PROGRESS_THRESHOLD and output.wants_rich(sys.stderr)
+        batches = issuing.issue_batches(
+            ttl_seconds=ttl,
+            label=label,
+            uses=uses,
+            scopes=scope or (),
+            count=count,
+            batch_size=_PROGRESS_BATCH if show_progress else ISSUE_BATCH_SIZE,
+        )
+        with output.progress(count, enabled=show_progress) as advance:
+            for batch in batches:
+                if json_output:
+                    text = "\n".join(output.dumps(output.issued_json(issued)) for issued in batch)
+                else:
+                    text = "\n".join(issued.token for issued in batch)
+                sys.stdout.write(text + "\n")
+                advance(len(batch))
+        sys.stdout.flush()
+
+
+def _read_token_from_stdin() -> str:
+    """The first non-blank line of standard input (a prompt without echo on a terminal)."""
+    if sys.stdin is None:
+        return ""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("Token: ", stream=sys.stderr)
+    try:
+        for _ in range(_MAX_BLANK_LINES):
+            line = sys.stdin.readline(_MAX_STDIN_TOKEN)
+            if not line or tokens.strip(line):
+                return line
+    except UnicodeDecodeError:
+        pass  # not text, so not a token: judged malformed
+    return ""
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    token: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[TOKEN]", help="The token; '-' or nothing reads it from standard input."
+        ),
+    ] = None,
+    scope: ScopeOption = None,
+    json_output: Annotated[bool, json_option()] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it.")
+    ] = False,
+) -> None:
+    """Check a token: exit 0 if valid, 1 if not. A valid check uses up one use.
+
+    Prints one of: valid, malformed, unknown, expired, revoked, used_up,
+    insufficient_scope (a --scope the token lacks; no use is taken then). Reading the
+    token from standard input keeps it out of `ps` and shell history. A check records
+    its use and an audit event, so it needs write access; `show` looks without writing.
+
+    \b
+    Examples:
+      printf '%s\\n' "$TOKEN" | tokencli check
+      tokencli check --scope deploy "$TOKEN" --json
+      if tokencli check -q "$TOKEN"; then echo ok; fi
+    """
+    with exit_codes():
+        required = validate_scopes(scope or (), limit=None)
+        text = _read_token_from_stdin() if token is None or token == "-" else token
+        try:
+            # A missing database reads as empty (unknown), and nothing is created.
+            with service(ctx, create=False) as checking:
+                result = checking.check(text, required)
+        except NoPermissionError as failure:
+            raise NoPermissionError(
+                f"{failure}: a check records its use and an audit event; "
+                "`tokencli show` looks without writing"
+            ) from None
+        if not quiet:
+            line = output.dumps(output.check_json(result)) if json_output else result.state.value
+            output.write_line(line)
+        if not result.valid:
+            raise typer.Exit(int(ExitStatus.NOT_VALID))
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="ID_OR_TOKEN...",
+            help="Token IDs or whole tokens.",
+            autocompletion=complete_live_ids,
+        ),
+    ],
+    json_output: Annotated[bool, json_option("One JSON object per token, one per line.")] = False,
+) -> None:
+    """Show tokens without using them: no use taken, nothing written. Exit 1 if any is
+    not there (the others are still shown).
+
+    \b
+    Examples:
+      tokencli show 3kq7d2mxa4bz
+      tokencli show "$TOKEN" --json | jq .uses_left
+    """
+    with exit_codes(), service(ctx, create=False, read_only=True) as looking:
+        found: list[TokenInfo] = []
+        missing = 0
+        for id_or_token in ids:
+            try:
+                found.append(looking.show(id_or_token))
+            except NotFoundError as failure:
+                error(str(failure))
+                missing += 1
+        if json_output:
+            output.write_json_lines(sys.stdout, (output.token_json(info) for info in found))
+        elif found and output.wants_rich(sys.stdout):
+            output.write_rich_table(sys.stdout, found, looking.now())
+        elif found:
+            output.write_plain_table(sys.stdout, found)
+        if missing:
+            raise typer.Exit(int(ExitStatus.NOT_VALID))
+
+
+@app.command()
+def revoke(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[ID_OR_TOKEN]...",
+            help="Token IDs or whole tokens.",
+            autocompletion=complete_live_ids,
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Every live token with this label.")
+    ] = None,
+    scope: ScopeOption = None,
+    all_tokens: Annotated[
+        bool, typer.Option("--all", help="Every live token (asks first on a terminal).")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --all.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be revoked; change nothing.")
+    ] = False,
+) -> None:
+    """Revoke tokens by ID (or whole token), or every live token a selector matches.
+
+    Selectors (--label, --scope, --all) combine with AND and revoke in one transaction.
+    Prints `revoked ID` per token. Exit 1 if a named ID is not there; a selector that
+    matches nothing is fine (exit 0). A revoked token stays listed until the next purge.
+
+    \b
+    Examples:
+      tokencli revoke 3kq7d2mxa4bz
+      tokencli revoke --label ci-runner-17 --dry-run
+      tokencli revoke --scope deploy
+      tokencli revoke --all --yes
+    """
+    with exit_codes():
+        selector = selector_options_filter(label=label, scopes=scope)
+        if not ids and selector is None and not all_tokens:
+            raise InvalidRequestError("name tokens to revoke, or --label, --scope or --all")
+        if all_tokens and selector is None:
+            selector = selector_options_filter(everything=True)
+        if all_tokens and not yes and not dry_run and sys.stdin.isatty():
+            if not typer.confirm("Revoke every live token?", default=False, err=True):
+                raise typer.Exit(int(ExitStatus.OK))
+        with service(ctx, create=not dry_run, read_only=dry_run) as revoking:
+            verb = "would revoke" if dry_run else "revoked"
+            missing = 0
+            for id_or_token in ids or ():
+                try:
+                    token_id = (
+                        revoking.show(id_or_token).id if dry_run else revoking.revoke(id_or_token)
+                    )
+                except NotFoundError as failure:
+                    error(str(failure))
+                    missing += 1
+                    continue
+                output.write_line(f"{verb} {token_id}")
+            if selector is not None:
+                for token_id in revoking.revoke_selected(selector, dry_run=dry_run):
+                    output.write_line(f"{verb} {token_id}")
+        if missing:
+            raise typer.Exit(int(ExitStatus.NOT_VALID))
+
+
+@app.command()
+def renew(
+    ctx: typer.Context,
+    token_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID_OR_TOKEN",
+            help="The live token to extend.",
+            autocompletion=complete_live_ids,
+        ),
+    ],
+    ttl: Annotated[int, duration_option("New lifetime, counted from now (at most 3650d).")] = "60m",  # type: ignore[assignment]  # parsed by parse_duration_option
+    json_output: Annotated[bool, json_option("Print the token as JSON.")] = False,
+) -> None:
+    """Give a live token a new expiry, TTL from now. Exit 1 if it is unknown or not live.
+
+    \b
+    Examples:
+      tokencli renew 3kq7d2mxa4bz --ttl 2h
+      tokencli renew "$TOKEN" --ttl 7d --json
+    """
+    with exit_codes(), service(ctx, create=True) as renewing:
+        info = renewing.renew(token_id, ttl)
+        if json_output:
+            output.write_line(output.dumps(output.token_json(info)))
+        else:
+            output.write_line(f"renewed {info.id} until {output.iso_time(info.expires_at)}")
+
+
+@app.command()
+def rotate(
+    ctx: typer.Context,
+    token_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID_OR_TOKEN",
+            help="The live token to replace.",
+            autocompletion=complete_live_ids,
+        ),
+    ],
+    grace: Annotated[
+        int, duration_option("How long the old token stays valid (default: not at all).")
+    ] = "0s",  # type: ignore[assignment]  # parsed by parse_duration_option
+    ttl: Annotated[
+        int | None,
+        duration_option("Lifetime of the new token (default: the old token's lifetime)."),
+    ] = None,
+    json_output: Annotated[bool, json_option("Print the new token as JSON.")] = False,
+) -> None:
+    """Issue a replacement with the same label, use limit and scopes and print it once;
+    the old token expires after the grace period. Exit 1 if the old one is not live.
+
+    \b
+    Examples:
+      NEW=$(tokencli rotate 3kq7d2mxa4bz --grace 10m)
+      tokencli rotate "$OLD" --ttl 30d --json
+    """
+    with exit_codes(), service(ctx, create=True) as rotating:
+        issued = rotating.rotate(token_id, grace_seconds=grace, ttl_seconds=ttl)
+        if json_output:
+            output.write_line(output.dumps(output.issued_json(issued)))
+        else:
+            output.write_line(issued.token)

@@ -1,0 +1,106 @@
+"""Every limit and timeout of `serve` in one place (as uvicorn's config.py holds its own).
+
+Limits are counted in bytes and seconds from the first byte, never per read: every
+input size has a bound, every wait a deadline.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, NamedTuple, TextIO
+
+if TYPE_CHECKING:
+    import ssl
+
+# Descriptors kept back from the connection cap: the listener, the wake pair, the
+# selector, log streams, and each thread's database files (file, -wal, -shm).
+DESCRIPTOR_RESERVE = 64
+
+
+class Limits(NamedTuple):
+    """Bounds on what one client can make the server hold, and for how long."""
+
+    # A request must arrive whole within this long from its first byte, a TLS handshake
+    # complete within it, and unsent answers drain within it.
+    request_timeout: float = 10.0
+    # A keep-alive connection with nothing pending is closed after this long...
+    idle_timeout: float = 60.0
+    # ...or after this long while the connection cap is reached.
+    idle_under_pressure: float = 1.0
+    # After an error answer, how long and how much of the rest is read and dropped.
+    drain_seconds: float = 2.0
+    max_drain_bytes: int = 16 * 1024 * 1024
+    # Past this much unsent output a connection is not read (back-pressure).
+    output_high_water: int = 256 * 1024
+    # Requests of one connection answered in one batch, and of all in one transaction.
+    max_pipelined: int = 16
+    max_batch: int = 256
+    listen_backlog: int = 1024
+    recv_bytes: int = 65536
+    # Open client connections; past it, new ones wait in the listen backlog.
+    max_connections: int = 1000
+
+
+class ServerConfig(NamedTuple):
+    """How `serve` listens, answers and logs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    limits: Limits = Limits()
+    workers: int = 0
+    tls: ssl.SSLContext | None = None
+    access_log: TextIO | None = None
+    access_log_format: str = "text"
+    metrics: bool = True
+
+    @property
+    def scheme(self) -> str:
+        """http or https."""
+        return "https" if self.tls is not None else "http"
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def descriptor_budget() -> int:
+    """Raise the open-file limit as far as allowed; the connections it leaves room for."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    except (ImportError, ValueError, OSError):
+        return 1000
+    return max(16, soft - DESCRIPTOR_RESERVE)
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for HTTPS, TLS 1.2 at least; ValueError saying what is wrong."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except FileNotFoundError as error:
+        raise ValueError(f"cannot read {error.filename}: no such file") from None
+    except PermissionError as error:
+        raise ValueError(f"cannot read {error.filename}: permission denied") from None
+    except ssl.SSLError as error:
+        reason = error.reason or str(error)
+        raise ValueError(
+            f"cannot use certificate {cert_file} with key {key_file}: {reason}"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"cannot use certificate {cert_file}: {error.strerror or error}") from None
+    return context
