@@ -93,7 +93,11 @@ def schema_exists(admin: psycopg.Connection[Any], schema: str) -> bool:
 
 
 def round_trips(store: PostgresStore, action: Callable[[], object]) -> int:
-    """How many times the client waited for the server while `action` ran (libpq trace)."""
+    """How many times the client waited for the server while `action` ran.
+
+    From libpq's protocol trace: each wait ends what the client sent with a Sync (the
+    extended protocol, pipelined or not) or is a simple Query.
+    """
     pgconn = store._connection.pgconn
     with tempfile.TemporaryFile("w+") as trace:
         pgconn.trace(trace.fileno())
@@ -103,8 +107,8 @@ def round_trips(store: PostgresStore, action: Callable[[], object]) -> int:
         finally:
             pgconn.untrace()
         trace.seek(0)
-        sides = [line[0] for line in trace.read().splitlines() if line[:1] in ("F", "B")]
-    return sum(1 for sent, got in zip(sides, sides[1:], strict=False) if (sent, got) == ("F", "B"))
+        sent = [line.split("\t") for line in trace.read().splitlines() if line.startswith("F\t")]
+    return sum(1 for fields in sent if fields[2] in ("Sync", "Query"))
 
 
 # -- schema -------------------------------------------------------------------------------
@@ -391,8 +395,9 @@ def test_consume_uses_grants_only_what_is_left_on_live_limited_tokens(
         "spent": 1,
         "unknown": 1,
     }
-    assert store.consume_uses(wanted, NOW) == {"three": 2, "single": 1}
-    assert store.consume_uses({"three": 5, "single": 1}, NOW + 1) == {"three": 1}
+    # (uses granted, uses left afterwards)
+    assert store.consume_uses(wanted, NOW) == {"three": (2, 1), "single": (1, 0)}
+    assert store.consume_uses({"three": 5, "single": 1}, NOW + 1) == {"three": (1, 0)}
     three = store.get("three")
     assert three is not None and three.uses_left == 0
     assert store.get("unlimited") == token("unlimited")  # untouched
@@ -413,7 +418,7 @@ def test_racing_connections_take_each_last_use_exactly_once(postgres_url: str) -
     stores = [
         PostgresStore(postgres._connect(postgres_url), postgres_url, setup.schema) for _ in range(8)
     ]
-    granted: list[dict[str, int]] = []
+    granted: list[dict[str, tuple[int, int]]] = []
     lock = threading.Lock()
     start = threading.Barrier(len(stores))
 
@@ -438,12 +443,22 @@ def test_racing_connections_take_each_last_use_exactly_once(postgres_url: str) -
         for thread in threads:
             thread.join()
         total: Counter[str] = Counter()
+        steps: dict[str, list[tuple[int, int]]] = {}
         for result in granted:
-            total.update(result)
+            for token_id, (count, left) in result.items():
+                total[token_id] += count
+                steps.setdefault(token_id, []).append((count, left))
         assert len(granted) == len(stores) * 10  # every thread ran to its end
         assert sum(total[i] for i in singles) == 200
         assert all(total[i] == 1 for i in singles)
         assert all(total[i] == 3 for i in triples)
+        # Each grant's "uses left afterwards" is exact: they chain from 3 down to 0.
+        for token_id in triples:
+            left = 3
+            for count, after in sorted(steps[token_id], key=lambda step: -step[1]):
+                assert after == left - count
+                left = after
+            assert left == 0
         left = setup.get_many(singles + triples)
         assert all(record.uses_left == 0 for record in left.values())
     finally:

@@ -22,7 +22,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from tokencli.errors import StorageError
 from tokencli.location import redact_url
@@ -35,6 +35,9 @@ from tokencli.model import (
     ends_at,
 )
 from tokencli.store.base import IdCollisionError
+
+if TYPE_CHECKING:
+    from tokencli.store.base import Backend, Store
 
 try:
     import psycopg
@@ -108,7 +111,7 @@ _SQL = {
               ORDER BY k.id
               FOR UPDATE OF k) AS g
         WHERE t.id = g.id
-        RETURNING t.id, g.granted
+        RETURNING t.id, g.granted, t.uses_left
         """,
     "revoke": """
         UPDATE {tokens} SET revoked_at = coalesce(revoked_at, %(now)s),
@@ -508,15 +511,18 @@ class PostgresStore:
         rows = self._rows(self._sql["get_many"], (list(ids),))
         return {row[0]: _record(row) for row in rows}
 
-    def consume_uses(self, wanted: Mapping[str, int], now: int) -> dict[str, int]:
-        """Take up to `wanted[id]` uses of each use-limited live token: one statement."""
+    def consume_uses(self, wanted: Mapping[str, int], now: int) -> dict[str, tuple[int, int]]:
+        """Take up to `wanted[id]` uses of each use-limited live token: one statement.
+
+        Returns (uses granted, uses left afterwards) per ID granted at least one.
+        """
         asked = {token_id: count for token_id, count in wanted.items() if count > 0}
         if not asked:
             return {}
         rows = self._rows(
             self._sql["consume"], {"ids": list(asked), "counts": list(asked.values()), "now": now}
         )
-        return {row[0]: int(row[1]) for row in rows}
+        return {row[0]: (int(row[1]), int(row[2])) for row in rows}
 
     def revoke(self, token_id: str, now: int) -> bool:
         """Mark the token revoked at `now` (kept if already revoked); False if no such token."""
@@ -743,3 +749,9 @@ class PostgresBackend:
     def gauges(self) -> dict[str, float]:
         """No backend figures (PostgreSQL has its own exporters)."""
         return {}
+
+
+if TYPE_CHECKING:  # mypy proves both classes keep the contracts of base.py
+
+    def _conforms(store: PostgresStore, backend: PostgresBackend) -> tuple[Store, Backend]:
+        return store, backend
