@@ -57,7 +57,9 @@ class PgCluster:
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.folder = Path(tempfile.mkdtemp(prefix="tokencli-pg-"))
+        # In /tmp rather than $TMPDIR: the service user must reach it, and a socket's path
+        # must stay under about 100 bytes.
+        self.folder = Path(tempfile.mkdtemp(prefix="tokencli-pg-", dir="/tmp"))
         self.data = self.folder / "data"
         self.log = self.folder / "server.log"
         # As root, hand the folder to the service user; otherwise run as ourselves.
@@ -110,9 +112,19 @@ class PgCluster:
         (self.data / "pg_hba.conf").write_text(
             f"local all {PASSWORD_ROLE} scram-sha-256\nlocal all all trust\n"
         )
-        self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "start"
-        )
+        try:
+            self._run(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "start",
+            )
+        except RuntimeError as error:
+            log = self.log.read_text() if self.log.exists() else "(no server log)"
+            raise RuntimeError(f"{error}\nserver log:\n{log}") from None
         self.started = True
         with psycopg.connect(self.url(), autocommit=True) as admin:
             admin.execute(

@@ -159,7 +159,7 @@ _SQL = {
     "all_events": f"SELECT {_EVENT_COLUMNS} FROM {{audit}} ORDER BY at, id",
     "drop_events": "DELETE FROM {audit} WHERE at < %s",
     "size": """
-        SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)
+        SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0)
         FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
         WHERE n.nspname = %s AND c.relname IN ('tokens', 'audit') AND c.relkind = 'r'
         """,
@@ -289,7 +289,10 @@ class PostgresStore:
     `transaction()` is BEGIN ... COMMIT; nested in another block (as inside `batch()`) it
     is a savepoint: its failure rolls back that block alone and re-raises, and its changes
     commit with the outermost block. `batch()` is the same block under the name the
-    server uses for group commit.
+    server uses for group commit. Unlike SQLite, PostgreSQL aborts the whole transaction
+    when a statement fails: an error caught inside a block without letting it leave makes
+    the COMMIT fail with StorageError. Nest a `transaction()` around a statement that may
+    fail and go on (its savepoint is free: it rides with the next statement).
     """
 
     def __init__(self, connection: psycopg.Connection[Any], url: str, schema: str) -> None:
@@ -722,7 +725,8 @@ class PostgresBackend:
 
     def __init__(self, url: str) -> None:
         _require_psycopg()
-        store = PostgresStore(_connect(url), url, schema_module.schema_from_env())
+        schema = schema_module.schema_from_env()  # a bad name fails before connecting
+        store = PostgresStore(_connect(url), url, schema)
         try:
             store._prepare_schema(create=True)
         finally:

@@ -157,7 +157,7 @@ def inspect(connection: psycopg.Connection[Any], schema: str) -> Found:
             """
             SELECT array_agg(attname::text ORDER BY attname::text)
             FROM pg_catalog.pg_attribute
-            WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped
+            WHERE attrelid = pg_catalog.to_regclass(%s) AND attnum > 0 AND NOT attisdropped
             """,
             (sql.Identifier(schema, "schema_version").as_string(connection),),
         ).fetchone()
@@ -203,7 +203,7 @@ def migrate(connection: psycopg.Connection[Any], schema: str, where: str) -> Non
         with connection.transaction():
             # Wait for any other migrating process without a time limit (it holds no
             # table lock anyone else waits on); only then bound the waits of our DDL.
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            connection.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
             connection.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
             found = inspect(connection, schema)  # again: another process may have migrated
             refuse_unless_usable(found, schema, where)
