@@ -57,15 +57,21 @@ class PgCluster:
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
+        # As root, run the binaries as the service user; otherwise as ourselves.
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            # runuser is in /usr/sbin, which a non-login PATH may lack.
+            runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+            if runuser is None:
+                raise RuntimeError("running as root needs runuser (util-linux) to start PostgreSQL")
+            self._as_user = [runuser, "-u", SERVICE_USER, "--"]
         # In /tmp rather than $TMPDIR: the service user must reach it, and a socket's path
         # must stay under about 100 bytes.
         self.folder = Path(tempfile.mkdtemp(prefix="tokencli-pg-", dir="/tmp"))
-        self.data = self.folder / "data"
-        self.log = self.folder / "server.log"
-        # As root, hand the folder to the service user; otherwise run as ourselves.
-        self._as_user = [] if os.geteuid() != 0 else ["runuser", "-u", SERVICE_USER, "--"]
         if self._as_user:
             shutil.chown(self.folder, user=SERVICE_USER)
+        self.data = self.folder / "data"
+        self.log = self.folder / "server.log"
         self.started = False
 
     def url(self, dbname: str = "postgres", user: str = SERVICE_USER, password: str = "") -> str:
