@@ -15,6 +15,9 @@ from tokencli.store.sqlite import SQLiteStore
 
 from support import Clock, Served, start_server
 
+# PostgreSQL fixtures (postgres_cluster, postgres_schema, postgres_url): tests/pg_cluster.py.
+pytest_plugins = ["pg_cluster"]
+
 
 @pytest.fixture(autouse=True)
 def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

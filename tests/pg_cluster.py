@@ -1,0 +1,188 @@
+"""A throwaway PostgreSQL cluster for the tests, and a fresh schema for each test.
+
+Load it from conftest.py with `pytest_plugins = ["pg_cluster"]`. Fixtures:
+
+- `postgres_cluster` (session): one cluster started from the installed PostgreSQL binaries
+  in a temporary folder, reachable only through a Unix socket, stopped and removed at the
+  end. Without the binaries the tests that use it skip, except when CI=true, where a
+  missing PostgreSQL fails them: CI must install it (.ci/run does).
+- `postgres_schema` (function): a schema name unique to the test, put in
+  TOKENCLI_PG_SCHEMA; the schema is dropped afterwards.
+- `postgres_url` (function): the cluster's URL, for a test whose tokencli schema is
+  `postgres_schema`.
+
+PostgreSQL refuses to run as root, and the suite runs as root (CI too): then initdb and
+postgres run as the `postgres` user that Debian's package creates, in a folder given to it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+SERVICE_USER = "postgres"  # the OS user Debian's package creates, and our superuser role
+PASSWORD_ROLE = "tokencli_pw"  # a role that must give a password (the rest is trusted)
+PASSWORD = "right-horse-battery-staple"
+
+
+def find_bindir() -> Path | None:
+    """The folder of the PostgreSQL server binaries (initdb, pg_ctl, postgres), or None.
+
+    Debian installs them in /usr/lib/postgresql/NN/bin and puts none on PATH; a machine
+    may add symlinks (then their real folder is used). .ci/run looks them up the same way.
+    """
+    on_path = shutil.which("initdb")
+    if on_path is not None:
+        return Path(os.path.realpath(on_path)).parent
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    if not found:
+        return None
+    newest = max(found, key=lambda path: [int(part) for part in re.findall(r"\d+", path)])
+    return Path(newest).parent
+
+
+class PgCluster:
+    """A running throwaway cluster: its binaries, its folder, and URLs to reach it."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        # As root, run the binaries as the service user; otherwise as ourselves.
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            # runuser is in /usr/sbin, which a non-login PATH may lack.
+            runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+            if runuser is None:
+                raise RuntimeError("running as root needs runuser (util-linux) to start PostgreSQL")
+            self._as_user = [runuser, "-u", SERVICE_USER, "--"]
+        # In /tmp rather than $TMPDIR: the service user must reach it, and a socket's path
+        # must stay under about 100 bytes.
+        self.folder = Path(tempfile.mkdtemp(prefix="tokencli-pg-", dir="/tmp"))
+        if self._as_user:
+            shutil.chown(self.folder, user=SERVICE_USER)
+        self.data = self.folder / "data"
+        self.log = self.folder / "server.log"
+        self.started = False
+
+    def url(self, dbname: str = "postgres", user: str = SERVICE_USER, password: str = "") -> str:
+        """A URL to this cluster through its socket (libpq reads the folder from `host`)."""
+        secret = f":{password}" if password else ""
+        return f"postgresql://{user}{secret}@/{dbname}?host={self.folder}"
+
+    def _run(self, *command: str) -> None:
+        result = subprocess.run(
+            [*self._as_user, *command], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{command[0]} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+
+    def start(self) -> None:
+        """initdb, configure for speed and a socket only, start, and add the test roles."""
+        initdb = [
+            str(self.bindir / "initdb"),
+            *("-D", str(self.data), "-U", SERVICE_USER),
+            *("--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions"),
+        ]
+        try:
+            # An ICU collation sorts punctuation unlike byte order (as most production
+            # databases do), so a query that forgets COLLATE "C" gets caught here.
+            self._run(*initdb, "--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=en-US")
+        except RuntimeError:  # PostgreSQL before 15, or built without ICU
+            shutil.rmtree(self.data, ignore_errors=True)
+            self._run(*initdb)
+        settings = {
+            "listen_addresses": "''",
+            "unix_socket_directories": f"'{self.folder}'",
+            # A throwaway cluster: durability buys nothing and costs seconds.
+            "fsync": "off",
+            "full_page_writes": "off",
+            "synchronous_commit": "off",
+            "max_connections": "100",
+            "shared_buffers": "32MB",
+        }
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        # One role must authenticate, so a test can meet a wrong password; the rest trust.
+        (self.data / "pg_hba.conf").write_text(
+            f"local all {PASSWORD_ROLE} scram-sha-256\nlocal all all trust\n"
+        )
+        try:
+            self._run(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "start",
+            )
+        except RuntimeError as error:
+            log = self.log.read_text() if self.log.exists() else "(no server log)"
+            raise RuntimeError(f"{error}\nserver log:\n{log}") from None
+        self.started = True
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(PASSWORD_ROLE), sql.Literal(PASSWORD)
+                )
+            )
+
+    def stop(self) -> None:
+        """Stop the server at once (nothing in it is worth a clean shutdown) and remove it."""
+        try:
+            if self.started:
+                self._run(
+                    str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
+                )
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def drop_schema(self, schema: str) -> None:
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+            )
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PgCluster]:
+    """One PostgreSQL cluster for the whole session (skips without PostgreSQL, unless CI)."""
+    bindir = find_bindir()
+    if bindir is None:
+        message = "PostgreSQL server binaries (initdb) not found; install Debian's postgresql"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    cluster = PgCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_schema(postgres_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A schema name for this test alone, in TOKENCLI_PG_SCHEMA; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("TOKENCLI_PG_SCHEMA", name)
+    yield name
+    postgres_cluster.drop_schema(name)
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PgCluster, postgres_schema: str) -> str:
+    """The URL of the test cluster; tokencli's tables go to `postgres_schema`."""
+    return postgres_cluster.url()
