@@ -88,14 +88,16 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """A server context for HTTPS, TLS 1.2 at least; ValueError saying what is wrong."""
     import ssl
 
+    for name in (cert_file, key_file):
+        try:
+            with open(name, "rb"):
+                pass
+        except OSError as error:
+            raise ValueError(f"cannot read {name}: {error.strerror or error}") from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as error:
-        raise ValueError(f"cannot read {error.filename}: no such file") from None
-    except PermissionError as error:
-        raise ValueError(f"cannot read {error.filename}: permission denied") from None
     except ssl.SSLError as error:
         reason = error.reason or str(error)
         raise ValueError(
