@@ -320,37 +320,38 @@ def print_table(elapsed: float) -> None:
         print(f"| {row.name} | {row.ours} | {row.floor} | {ratio} | {row.target} | {met} |")
 
 
-def write_results(groups: list[str], elapsed: float) -> Path:
-    """Write this run's rows into bench/results/latest.json.
+def write_results(replaced_groups: list[str], elapsed: float) -> Path:
+    """Write this run's rows into bench/results/latest.json, each with its date.
 
-    Rows of groups not run this time are kept from the previous file, each with the date
-    of the run that measured it, so `bench/run hostile` does not erase the other figures.
+    Rows from the previous file are kept unless this run measured them again or ran their
+    whole group, so `bench/run hostile:a` does not erase the other figures.
     """
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     path = results / "latest.json"
-    previous: dict[str, Any] = {}
+    previous: list[dict[str, Any]] = []
     if path.exists():
         try:
-            previous = json.loads(path.read_text())
-        except ValueError:
-            previous = {}
+            previous = list(json.loads(path.read_text()).get("rows", []))
+        except (ValueError, AttributeError):
+            previous = []
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    runs: dict[str, Any] = {
-        name: run
-        for name, run in previous.get("groups", {}).items()
-        if name not in groups and isinstance(run, dict)
-    }
-    for name in groups:
-        runs[name] = {"date": date, "machine": machine(), "elapsed_seconds": round(elapsed)}
-    kept = [row for row in previous.get("rows", []) if row.get("group") not in groups]
+    names = {row.name for row in ROWS}
+    kept = [
+        row
+        for row in previous
+        if isinstance(row, dict)
+        and row.get("group") not in replaced_groups
+        and row.get("name") not in names
+    ]
+    fresh_rows = [{**asdict(row), "date": date, "machine": machine()} for row in ROWS]
     path.write_text(
         json.dumps(
             {
                 "date": date,
                 "machine": machine(),
-                "groups": runs,
-                "rows": kept + [asdict(row) for row in ROWS],
+                "elapsed_seconds": round(elapsed),
+                "rows": kept + fresh_rows,
             },
             indent=2,
         )

@@ -59,6 +59,8 @@ FLOOD_CONNECTIONS = 20_000  # slowloris and the idle flood, when descriptors all
 MAX_RSS_MB = 150
 MIN_RATIO = 0.5
 MAX_P99_MS = 1000
+# The last line of a traceback ("ValueError: ..."), not the server's own messages after it.
+EXCEPTION_LINE = re.compile(r"[A-Z]\w*(Error|Exception|Exit|Interrupt)\b")
 
 
 @dataclass(frozen=True)
@@ -251,9 +253,8 @@ def server_exception(log: Path) -> str:
     for line in lines:
         if line.startswith("Traceback"):
             seen_traceback = True
-        elif seen_traceback and line and not line[0].isspace():
-            if not line.startswith(("During handling", "The above exception", "Exception in")):
-                found = line[:160]
+        elif seen_traceback and EXCEPTION_LINE.match(line):
+            found = line[:160]
     return found
 
 
@@ -440,6 +441,8 @@ def run_attack(attack: Attack, tokencli: str, python: str, base: Path, script: P
         shown_tail = "- (refused)"
     elif any(result.requests == 0 for result in during.values()):
         shown_tail = "- (no answer)"
+    elif "TimeoutError" in probe_during["failures"]:
+        shown_tail = ">= 5 s"  # the probe gave up waiting at 5 s, so the stall was longer
     elif math.isinf(tail):
         shown_tail = "> 2 s"
     else:
