@@ -229,24 +229,16 @@ def response(
     headers: dict[str, str] | None = None,
 ) -> bytes:
     """A whole response, ready to be sent."""
-    head = _STATUS_LINES.get(status)
-    if head is None:
-        head = f"HTTP/1.1 {int(status)} {status.phrase}\r\n"
-    lines = [
-        head,
-        "Content-Type: ",
-        content_type,
-        "\r\nContent-Length: ",
-        str(len(body)),
-        "\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
-    ]
-    if headers:
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-    if close:
-        lines.append("Connection: close\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1") + body
+    head = _STATUS_LINES.get(status) or f"HTTP/1.1 {int(status)} {status.phrase}\r\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()) if headers else ""
+    ending = _CLOSE if close else "\r\n"
+    return (
+        f"{head}Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        f"{_FIXED_HEADERS}{extra}{ending}"
+    ).encode("latin-1") + body
 
 
+_FIXED_HEADERS = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+_CLOSE = "Connection: close\r\n\r\n"
 _STATUS_LINES = {status: f"HTTP/1.1 {int(status)} {status.phrase}\r\n" for status in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

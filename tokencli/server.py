@@ -401,6 +401,8 @@ class TokenHTTPServer:
             answer.status, answer.body, answer.content_type, close=True, headers=answer.headers
         )
         self._log(connection, None, None, int(error.status), None, None)
+        if self.access_log is not None:
+            self.access_log.flush()  # rare, and its line should be out before the answer
         connection.parser = RequestParser()  # the rest of the bytes are not requests
         connection.close_after = True
         self._queue(connection, data)
@@ -417,8 +419,11 @@ class TokenHTTPServer:
         for request, answer in zip(job.requests, job.answers, strict=True):
             request_id = self._request_ids.take(request.headers.get("x-request-id"))
             close = not request.keep_alive or stopping
-            headers = dict(answer.headers) if answer.headers else {}
-            headers["X-Request-Id"] = request_id
+            headers = (
+                {**answer.headers, "X-Request-Id": request_id}
+                if answer.headers
+                else {"X-Request-Id": request_id}
+            )
             data = http11.response(
                 answer.status, answer.body, answer.content_type, close=close, headers=headers
             )

@@ -72,20 +72,26 @@ def run(location: Location, config: ServerConfig, keys: Keys, source: KeySource)
         finally:
             stop.set()
 
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda *_: stop.set())
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: reload_keys(api_config, source, server.report))
-    thread = threading.Thread(target=loop, name="event-loop", daemon=True)
-    thread.start()
-    _say(f"listening on {server.url}")
-    _say(f"database: {backend.location}")
-    while not stop.wait(0.5):
-        pass
-    if failure:
-        server.report(f"the event loop failed: {type(failure[0]).__name__}: {failure[0]}")
-        return 1
-    _say("stopping: finishing requests in flight")
-    server.stop()
-    thread.join(timeout=config.limits.request_timeout + 5)
-    return 1 if failure else 0
+    handlers = {
+        signal.SIGINT: lambda *_: stop.set(),
+        signal.SIGTERM: lambda *_: stop.set(),
+        signal.SIGHUP: lambda *_: reload_keys(api_config, source, server.report),
+    }
+    previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
+    try:
+        thread = threading.Thread(target=loop, name="event-loop", daemon=True)
+        thread.start()
+        _say(f"listening on {server.url}")
+        _say(f"database: {backend.location}")
+        while not stop.wait(0.5):
+            pass
+        if failure:
+            server.report(f"the event loop failed: {type(failure[0]).__name__}: {failure[0]}")
+            return 1
+        _say("stopping: finishing requests in flight")
+        server.stop()
+        thread.join(timeout=config.limits.request_timeout + 5)
+        return 1 if failure else 0
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
