@@ -1,6 +1,6 @@
 """Exit codes and the exceptions that map onto them, shared by every command.
 
-Exit codes are a contract with crontab lines and CI scripts (DESIGN.md), so they live
+Exit codes are a contract with crontab lines and CI scripts (docs/design.md), so they live
 in one enum rather than as numbers scattered through the CLI.
 """
 

@@ -71,7 +71,7 @@ def literal(text: str) -> str:
 
 
 def token_json(info: TokenInfo) -> dict[str, Any]:
-    """The JSON object of a token, with the keys DESIGN.md names, in that order."""
+    """The JSON object of a token, with the keys docs/design.md names, in that order."""
     return {
         "id": info.id,
         "label": info.label,
