@@ -221,7 +221,7 @@ def test_pipelining_faster_than_answers_leave_holds_bounded_memory(
                 time.sleep(0.005)
             held = sum(
                 len(connection.parser.buffer) + connection.pending_output
-                for connection in list(served.server._connections.values())
+                for connection in served.server.connections()
             )
             peak = max(peak, held)
     finally:

@@ -1,21 +1,17 @@
 """`tokencli serve`: the event loop that moves bytes between clients and the application.
 
-One thread watches every connection with `selectors`; it never blocks on one client:
+One thread watches every connection with `selectors` and never blocks on one client:
+reads, writes and TLS handshakes happen only when a socket is ready, and each
+connection's bounds and deadlines are in connection.py. This module owns the listener,
+the table of connections and the loop:
 
-- Reads are non-blocking and framed by `http11.RequestParser`; a request is handed on
-  only once it has fully arrived, and it must arrive whole within the request timeout
-  from its first byte, however slowly it trickles (slowloris costs a buffer for 10 s).
-- Writes go to a per-connection output buffer, sent when the socket is writable. A
-  connection whose unsent output passes a bound is not read (back-pressure), and one
-  that does not drain within the timeout is dropped: a client that never reads holds
-  nobody else up.
-- A connection answers at most a bounded number of pipelined requests per batch and is
-  not read further while more than one whole request is buffered: memory per connection
-  is bounded, and at most `max_connections` are open (the rest wait in the backlog).
-- TLS handshakes advance only when the socket is ready, like reads and writes.
-- Framed requests go to a dispatcher (dispatch.py), which answers them in one store
-  transaction, on the loop or on a pool; answers leave only after the commit.
-- One request's fault is that request's alone: a bug while handling a connection closes
+- accept, up to `max_connections` open; past it the listener pauses and new connections
+  wait in the backlog, and idle keep-alive connections are closed sooner;
+- hand framed requests to a dispatcher (dispatch.py), which answers a turn's requests in
+  one store transaction, on the loop or on a pool; deliver the answers, in order, after
+  the commit, with their access-log lines written first;
+- once a second, close what overstayed (handshakes, requests, unread output, idle);
+- one request's fault is that request's alone: a bug while handling a connection closes
   that connection, logged without secrets; if the loop itself fails, `serve_forever`
   raises and `tokencli serve` exits non-zero, so a supervisor restarts it.
 
@@ -27,79 +23,26 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 
 from tokencli import http11
 from tokencli.accesslog import AccessLog, Entry, RequestIds
-from tokencli.api import Answer, ApiConfig, error_answer
+from tokencli.api import Answer, ApiConfig
 from tokencli.config import ServerConfig
+from tokencli.connection import READ, WRITE, Connection
 from tokencli.dispatch import Dispatcher, InlineDispatcher, Job, PoolDispatcher
-from tokencli.http11 import HttpError, Request, RequestParser
 from tokencli.metrics import Counters
 from tokencli.store import Backend
 
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
 _ACCEPTS_PER_TURN = 256
 _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
-_WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class Connection:
-    """One client connection: its socket, parser, output buffer and deadlines."""
-
-    __slots__ = (
-        "sock",
-        "peer",
-        "parser",
-        "out",
-        "out_position",
-        "out_since",
-        "accepted",
-        "request_started",
-        "request_perf",
-        "last_active",
-        "busy",
-        "close_after",
-        "draining_until",
-        "drained",
-        "handshaking",
-        "continued",
-        "events",
-    )
-
-    def __init__(self, sock: socket.socket, peer: str, now: float, handshaking: bool) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.parser = RequestParser()
-        self.out = bytearray()
-        self.out_position = 0
-        self.out_since = 0.0  # when output became pending; 0 when none is
-        self.accepted = now
-        self.request_started = 0.0  # first byte of the request being received; 0 if none
-        self.request_perf = 0.0
-        self.last_active = now
-        self.busy = False  # requests handed to the dispatcher, not yet answered
-        self.close_after = False  # close once the output is sent
-        self.draining_until = 0.0  # after an error answer: reading and dropping until then
-        self.drained = 0
-        self.handshaking = handshaking
-        self.continued = False
-        self.events = 0
-
-    @property
-    def pending_output(self) -> int:
-        """Bytes queued and not yet sent."""
-        return len(self.out) - self.out_position
 
 
 class TokenHTTPServer:
-    """The token API on one listening socket."""
+    """The token API on one listening socket (the `Hub` of its connections)."""
 
     def __init__(
         self,
@@ -133,12 +76,12 @@ class TokenHTTPServer:
             raise
         self._listener.setblocking(False)
         self.server_address: tuple[str, int] = self._listener.getsockname()[:2]
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, _READ)
+        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        self.selector.register(self._listener, READ)
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
-        self._selector.register(self._wake_reader, _READ)
+        self.selector.register(self._wake_reader, READ)
         self._connections: dict[int, Connection] = {}
         self._ready: list[Job] = []
         self._accepting = True
@@ -157,6 +100,10 @@ class TokenHTTPServer:
     def open_connections(self) -> int:
         """Client connections open now."""
         return len(self._connections)
+
+    def connections(self) -> list[Connection]:
+        """The open connections (a copy)."""
+        return list(self._connections.values())
 
     def report(self, message: str) -> None:
         """One line on stderr (errors of the server, never a request's content)."""
@@ -188,11 +135,11 @@ class TokenHTTPServer:
         finally:
             self._dispatcher.stop()
             self.backend.stop_upkeep()
-            for connection in list(self._connections.values()):
-                self._close(connection)
+            for connection in self.connections():
+                connection.close()
             if self.access_log is not None:
                 self.access_log.flush()
-            self._selector.close()
+            self.selector.close()
             self._listener.close()
             self._wake_reader.close()
             self._wake_writer.close()
@@ -218,7 +165,7 @@ class TokenHTTPServer:
             # Requests framed but not yet answered (pipelined ones, after a delivery) must
             # not wait for the poll interval.
             timeout = 0 if self._ready else poll_interval
-            for key, mask in self._selector.select(timeout=timeout):
+            for key, mask in self.selector.select(timeout=timeout):
                 if key.fileobj is self._listener:
                     self._accept()
                 elif key.fileobj is self._wake_reader:
@@ -246,7 +193,9 @@ class TokenHTTPServer:
                 if stop_deadline is None:
                     stop_deadline = now + self.limits.request_timeout
                     self._stop_accepting()
-                self._close_idle()
+                for connection in self.connections():
+                    if connection.is_idle:
+                        connection.close()
                 if not self._connections or now > stop_deadline:
                     return
 
@@ -254,20 +203,20 @@ class TokenHTTPServer:
         """Handle one connection's readiness; a failure closes that connection alone."""
         try:
             if connection.handshaking:
-                self._handshake(connection)
+                connection.handshake()
                 return
-            if mask & _WRITE:
-                self._flush(connection)
-            if mask & _READ and connection.sock.fileno() >= 0:
-                self._read(connection)
+            if mask & WRITE:
+                connection.flush()
+            if mask & READ and connection.is_open:
+                connection.read()
         except Exception as error:  # a bug must cost one connection, never the loop
             self.report(f"internal error on a connection: {type(error).__name__}")
-            self._close(connection)
+            connection.close()
 
     def _accept(self) -> None:
-        limits = self.limits
+        tls = self.config.tls
         for _ in range(_ACCEPTS_PER_TURN):
-            if len(self._connections) >= limits.max_connections:
+            if len(self._connections) >= self.limits.max_connections:
                 self._pause_accepting()  # the rest wait in the listen backlog
                 return
             try:
@@ -279,141 +228,62 @@ class TokenHTTPServer:
                 # rather than spin on a listener that stays readable.
                 self._pause_accepting()
                 return
-            now = time.monotonic()
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.config.tls is not None:
-                    sock = self.config.tls.wrap_socket(
-                        sock, server_side=True, do_handshake_on_connect=False
-                    )
+                if tls is not None:
+                    sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             except OSError:
                 sock.close()
                 continue
-            connection = Connection(sock, str(address[0]), now, self.config.tls is not None)
+            now = time.monotonic()
+            connection = Connection(self, sock, str(address[0]), now, handshaking=tls is not None)
             self._connections[sock.fileno()] = connection
-            connection.events = _READ
-            self._selector.register(sock, _READ, connection)
+            connection.set_events(READ)
             if self.counters is not None:
                 self.counters.open_connections = len(self._connections)
 
     def _pause_accepting(self) -> None:
         if self._accepting:
-            self._selector.unregister(self._listener)
+            self.selector.unregister(self._listener)
             self._accepting = False
 
     def _stop_accepting(self) -> None:
         self._pause_accepting()
         self._listener.close()
 
-    def _handshake(self, connection: Connection) -> None:
-        sock = connection.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._set_events(connection, _READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._set_events(connection, _WRITE)
-            return
-        except (ssl.SSLError, OSError):
-            self._close(connection)
-            return
-        connection.handshaking = False
-        connection.last_active = time.monotonic()
-        self._set_events(connection, _READ)
-        if sock.pending():
-            self._read(connection)
+    # -- what connections call ---------------------------------------------------------------
 
-    # -- reading ----------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue whole requests of a connection for the next dispatch."""
+        self._ready.append(job)
 
-    def _receive(self, connection: Connection) -> bytes | None:
-        """What the socket has now: bytes, b"" at end of stream, None if nothing yet."""
-        sock = connection.sock
-        try:
-            data = sock.recv(self.limits.recv_bytes)
-        except _WANT:
-            return None
-        except OSError:
-            return b""
-        if data and isinstance(sock, ssl.SSLSocket):
-            # Decrypted bytes already buffered by TLS never wake the selector: take them.
-            with contextlib.suppress(*_WANT):
-                while sock.pending() and len(data) < self.limits.recv_bytes * 4:
-                    data += sock.recv(sock.pending())
-        return data
+    def closed(self, fileno: int) -> None:
+        """Forget a closed connection; accept again if the cap had paused accepting."""
+        self._connections.pop(fileno, None)
+        if self.counters is not None:
+            self.counters.open_connections = len(self._connections)
+        if (
+            not self._accepting
+            and not self._stopping.is_set()
+            and len(self._connections) < self.limits.max_connections
+        ):
+            self.selector.register(self._listener, READ)
+            self._accepting = True
 
-    def _read(self, connection: Connection) -> None:
-        data = self._receive(connection)
-        if data is None:
-            return
-        if not data:
-            self._close(connection)
-            return
-        if connection.draining_until:
-            connection.drained += len(data)
-            if connection.drained > self.limits.max_drain_bytes:
-                self._close(connection)
-            return
-        now = time.monotonic()
-        connection.last_active = now
-        if not connection.request_started and not connection.parser.buffer:
-            connection.request_started = now
-            connection.request_perf = time.perf_counter()
-        connection.parser.feed(data)
-        if not connection.busy:
-            self._advance(connection)
-        self._update_events(connection)
-
-    def _advance(self, connection: Connection) -> None:
-        """Hand the connection's whole buffered requests to the dispatcher, if any."""
-        requests: list[Request] = []
-        parser = connection.parser
-        try:
-            while len(requests) < self.limits.max_pipelined:
-                request = parser.next_request()
-                if request is None:
-                    break
-                requests.append(request)
-        except HttpError as error:
-            if not requests:
-                self._answer_and_close(connection, error)
-                return
-            # Answer the whole requests first; the broken one is met again next time.
-        if requests:
-            connection.busy = True
-            connection.continued = False
-            if not connection.request_started:
-                connection.request_started = time.monotonic()
-                connection.request_perf = time.perf_counter()
-            self._ready.append(Job(connection, requests))
-            return
-        waiting = parser.waiting_for_body
-        if waiting is not None and waiting.expects_continue and not connection.continued:
-            connection.continued = True
-            self._queue(connection, http11.CONTINUE)
-
-    def _answer_and_close(self, connection: Connection, error: HttpError) -> None:
-        """A request that broke framing or a limit: answer it, then hang up gracefully."""
-        answer = error_answer(error.status, error.detail, error.headers)
-        data = http11.response(
-            answer.status, answer.body, answer.content_type, close=True, headers=answer.headers
-        )
-        self._log(connection, None, None, int(error.status), None, None)
+    def log_refusal(self, connection: Connection, status: int) -> None:
+        """Count and log a request refused before framing; its line goes out at once."""
+        self._log(connection, None, None, status, None, None)
         if self.access_log is not None:
             self.access_log.flush()  # rare, and its line should be out before the answer
-        connection.parser = RequestParser()  # the rest of the bytes are not requests
-        connection.close_after = True
-        self._queue(connection, data)
 
     # -- answering --------------------------------------------------------------------------
 
     def _deliver(self, job: Job) -> None:
-        """Queue a job's answers, in order, on its connection."""
+        """Queue a job's answers, in order, on its connection (sent by _send_answers)."""
         connection: Connection = job.connection
         connection.busy = False
-        if connection.sock.fileno() < 0:
+        if not connection.is_open:
             return  # closed while its requests were being answered
         stopping = self._stopping.is_set()
         for request, answer in zip(job.requests, job.answers, strict=True):
@@ -431,7 +301,7 @@ class TokenHTTPServer:
                 connection, request.method, request.target, int(answer.status), request_id, answer
             )
             connection.close_after = close
-            self._queue(connection, data, send=False)  # sent by _send_answers
+            connection.queue(data, send=False)
             if close:
                 break
         connection.request_started = 0.0
@@ -439,115 +309,13 @@ class TokenHTTPServer:
 
     def _send_answers(self, connection: Connection) -> None:
         """Send a delivered job's answers, then take the connection's next requests."""
-        if connection.sock.fileno() < 0:
+        if not connection.is_open:
             return
-        self._flush(connection)
-        if connection.sock.fileno() < 0:
+        connection.flush()
+        if not connection.is_open:
             return
-        self._take_next(connection)
-        self._update_events(connection)
-
-    def _take_next(self, connection: Connection) -> None:
-        """Frame the connection's next buffered requests, unless its answers pile up."""
-        if connection.busy or connection.close_after or connection.draining_until:
-            return
-        if connection.pending_output > self.limits.output_high_water:
-            return  # resumed by _flush once the client reads
-        if connection.parser.buffer:
-            if not connection.request_started:
-                connection.request_started = time.monotonic()
-                connection.request_perf = time.perf_counter()
-            self._advance(connection)
-
-    def _queue(self, connection: Connection, data: bytes, *, send: bool = True) -> None:
-        """Add output and (unless told not to yet) try to send it at once."""
-        if not connection.pending_output:
-            connection.out_since = time.monotonic()
-        connection.out += data
-        if send:
-            self._flush(connection)
-
-    def _flush(self, connection: Connection) -> None:
-        """Send what the socket takes now; never wait for it."""
-        sock = connection.sock
-        while connection.pending_output:
-            try:
-                with memoryview(connection.out) as view:
-                    chunk = view[connection.out_position :]
-                    try:
-                        sent = sock.send(chunk)
-                    finally:
-                        chunk.release()
-            except _WANT:
-                break
-            except OSError:
-                self._close(connection)
-                return
-            if sent <= 0:
-                break
-            connection.out_position += sent
-        if not connection.pending_output:
-            connection.out.clear()
-            connection.out_position = 0
-            connection.out_since = 0.0
-            if connection.close_after and not connection.busy:
-                self._hang_up(connection)
-                return
-        elif connection.out_position > 65536 and connection.out_position * 2 > len(connection.out):
-            del connection.out[: connection.out_position]  # rarely: keep the copy cost linear
-            connection.out_position = 0
-        if connection.parser.buffer and not connection.busy:
-            self._take_next(connection)  # requests held back while answers piled up
-        self._update_events(connection)
-
-    def _hang_up(self, connection: Connection) -> None:
-        """Close after the last answer, reading and dropping what still comes for a moment.
-
-        Closing with unread bytes makes the kernel reset the connection, and the client
-        might then never read the answer (a "lingering close").
-        """
-        if connection.draining_until or connection.sock.fileno() < 0:
-            return
-        try:
-            connection.sock.shutdown(socket.SHUT_WR)
-        except (OSError, ValueError):
-            self._close(connection)
-            return
-        connection.draining_until = time.monotonic() + self.limits.drain_seconds
-        self._set_events(connection, _READ)
-
-    # -- selector interest ------------------------------------------------------------------
-
-    def _update_events(self, connection: Connection) -> None:
-        if connection.sock.fileno() < 0 or connection.handshaking:
-            return
-        events = 0
-        if connection.pending_output:
-            events |= _WRITE
-        if connection.draining_until or self._wants_input(connection):
-            events |= _READ
-        self._set_events(connection, events)
-
-    def _wants_input(self, connection: Connection) -> bool:
-        """Read on unless output is piling up or a whole request already waits."""
-        if connection.close_after or connection.pending_output > self.limits.output_high_water:
-            return False
-        return not connection.busy or len(connection.parser.buffer) < http11.MAX_REQUEST_BYTES
-
-    def _set_events(self, connection: Connection, events: int) -> None:
-        if events == connection.events:
-            return
-        try:
-            if connection.events and events:
-                self._selector.modify(connection.sock, events, connection)
-            elif events:
-                self._selector.register(connection.sock, events, connection)
-            else:
-                self._selector.unregister(connection.sock)
-        except (KeyError, ValueError, OSError):
-            self._close(connection)
-            return
-        connection.events = events
+        connection.take_next()
+        connection.update_events()
 
     # -- time -----------------------------------------------------------------------------
 
@@ -556,66 +324,22 @@ class TokenHTTPServer:
         limits = self.limits
         crowded = len(self._connections) >= limits.max_connections
         idle_limit = limits.idle_under_pressure if crowded else limits.idle_timeout
-        for connection in list(self._connections.values()):
+        for connection in self.connections():
             if connection.draining_until:
                 if now > connection.draining_until:
-                    self._close(connection)
+                    connection.close()
             elif connection.handshaking:
                 if now - connection.accepted > limits.request_timeout:
-                    self._close(connection)
+                    connection.close()
             elif connection.pending_output and now - connection.out_since > limits.request_timeout:
-                self._close(connection)  # a client that does not read its answers
+                connection.close()  # a client that does not read its answers
             elif connection.busy:
                 continue
             elif connection.request_started:
                 if now - connection.request_started > limits.request_timeout:
-                    self._time_out(connection)
+                    connection.time_out()
             elif not connection.pending_output and now - connection.last_active > idle_limit:
-                self._close(connection)
-
-    def _time_out(self, connection: Connection) -> None:
-        """A request that did not arrive whole in time: 408, then close."""
-        self._answer_and_close(
-            connection,
-            HttpError(
-                HTTPStatus.REQUEST_TIMEOUT,
-                f"the request did not arrive within {self.limits.request_timeout:g}s",
-            ),
-        )
-        if connection.sock.fileno() >= 0 and connection.pending_output:
-            self._close(connection)  # a client this slow gets no second chance to read
-
-    def _close_idle(self) -> None:
-        for connection in list(self._connections.values()):
-            if (
-                not connection.busy
-                and not connection.pending_output
-                and not connection.parser.buffer
-                and not connection.draining_until
-            ):
-                self._close(connection)
-
-    def _close(self, connection: Connection) -> None:
-        sock = connection.sock
-        fileno = sock.fileno()
-        if fileno < 0:
-            return
-        if connection.events:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(sock)
-            connection.events = 0
-        self._connections.pop(fileno, None)
-        with contextlib.suppress(OSError):
-            sock.close()
-        if self.counters is not None:
-            self.counters.open_connections = len(self._connections)
-        if (
-            not self._accepting
-            and not self._stopping.is_set()
-            and len(self._connections) < self.limits.max_connections
-        ):
-            self._selector.register(self._listener, _READ)
-            self._accepting = True
+                connection.close()
 
     # -- log and metrics --------------------------------------------------------------------
 

@@ -1,0 +1,345 @@
+"""One client connection of `serve`: its socket, framing, output buffer and deadlines.
+
+Everything here is non-blocking and bounded: a read takes what the socket has, a write
+sends what the socket takes and keeps the rest, a TLS handshake advances one step when
+the socket is ready. The event loop (server.py) owns the selector and the table of
+connections and calls these methods when a socket is ready; a connection reports back
+through its `Hub` (new work, closing, log lines).
+
+Bounds: a request must arrive whole within the request timeout from its first byte; at
+most `max_pipelined` requests are taken at once, and a busy connection is not read past
+one maximal request buffered; past `output_high_water` unsent bytes it is not read at
+all (back-pressure), and output that does not drain within the timeout drops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import ssl
+import time
+from http import HTTPStatus
+from typing import Protocol
+
+from tokencli import http11
+from tokencli.api import error_answer
+from tokencli.config import Limits
+from tokencli.dispatch import Job
+from tokencli.http11 import HttpError, Request, RequestParser
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+# Nothing to do now on a non-blocking socket (TLS may want to read before it can write).
+WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class Hub(Protocol):
+    """What a connection needs from the event loop that owns it."""
+
+    limits: Limits
+    selector: selectors.BaseSelector
+
+    def submit(self, job: Job) -> None:
+        """Queue whole requests for answering."""
+
+    def closed(self, fileno: int) -> None:
+        """Forget the connection that had this descriptor: it has just closed."""
+
+    def log_refusal(self, connection: Connection, status: int) -> None:
+        """Log a request refused before it was framed (no method, no path)."""
+
+
+class Connection:
+    """One client connection as the event loop sees it."""
+
+    __slots__ = (
+        "hub",
+        "sock",
+        "peer",
+        "parser",
+        "out",
+        "out_position",
+        "out_since",
+        "accepted",
+        "request_started",
+        "request_perf",
+        "last_active",
+        "busy",
+        "close_after",
+        "draining_until",
+        "drained",
+        "handshaking",
+        "continued",
+        "events",
+    )
+
+    def __init__(
+        self, hub: Hub, sock: socket.socket, peer: str, now: float, *, handshaking: bool
+    ) -> None:
+        self.hub = hub
+        self.sock = sock
+        self.peer = peer
+        self.parser = RequestParser()
+        self.out = bytearray()
+        self.out_position = 0
+        self.out_since = 0.0  # when output became pending; 0 when none is
+        self.accepted = now
+        self.request_started = 0.0  # first byte of the request being received; 0 if none
+        self.request_perf = 0.0
+        self.last_active = now
+        self.busy = False  # requests handed to the dispatcher, not yet answered
+        self.close_after = False  # close once the output is sent
+        self.draining_until = 0.0  # after an error answer: reading and dropping until then
+        self.drained = 0
+        self.handshaking = handshaking
+        self.continued = False
+        self.events = 0
+
+    @property
+    def is_open(self) -> bool:
+        """False once closed."""
+        return self.sock.fileno() >= 0
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued and not yet sent."""
+        return len(self.out) - self.out_position
+
+    @property
+    def is_idle(self) -> bool:
+        """Nothing received, pending, in flight or draining: safe to close."""
+        return not (self.busy or self.pending_output or self.parser.buffer or self.draining_until)
+
+    # -- TLS ------------------------------------------------------------------------------
+
+    def handshake(self) -> None:
+        """Advance the TLS handshake as far as the socket allows."""
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.set_events(READ)
+            return
+        except ssl.SSLWantWriteError:
+            self.set_events(WRITE)
+            return
+        except (ssl.SSLError, OSError):
+            self.close()
+            return
+        self.handshaking = False
+        self.last_active = time.monotonic()
+        self.set_events(READ)
+        if sock.pending():
+            self.read()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _receive(self) -> bytes | None:
+        """What the socket has now: bytes, b"" at end of stream, None if nothing yet."""
+        sock = self.sock
+        size = self.hub.limits.recv_bytes
+        try:
+            data = sock.recv(size)
+        except WANT:
+            return None
+        except OSError:
+            return b""
+        if data and isinstance(sock, ssl.SSLSocket):
+            # Decrypted bytes already buffered by TLS never wake the selector: take them.
+            with contextlib.suppress(*WANT):
+                while sock.pending() and len(data) < size * 4:
+                    data += sock.recv(sock.pending())
+        return data
+
+    def read(self) -> None:
+        """Take what the client sent and frame whole requests from it."""
+        data = self._receive()
+        if data is None:
+            return
+        if not data:
+            self.close()
+            return
+        if self.draining_until:
+            self.drained += len(data)
+            if self.drained > self.hub.limits.max_drain_bytes:
+                self.close()
+            return
+        now = time.monotonic()
+        self.last_active = now
+        if not self.request_started and not self.parser.buffer:
+            self.request_started = now  # the request's clock starts at its first byte
+            self.request_perf = time.perf_counter()
+        self.parser.feed(data)
+        if not self.busy:
+            self.advance()
+        self.update_events()
+
+    def advance(self) -> None:
+        """Hand the buffered whole requests to the dispatcher, if there are any."""
+        requests: list[Request] = []
+        parser = self.parser
+        try:
+            while len(requests) < self.hub.limits.max_pipelined:
+                request = parser.next_request()
+                if request is None:
+                    break
+                requests.append(request)
+        except HttpError as error:
+            if not requests:
+                self.refuse(error)
+                return
+            # Answer the whole requests first; the broken one is met again next time.
+        if requests:
+            self.busy = True
+            self.continued = False
+            if not self.request_started:
+                self.request_started = time.monotonic()
+                self.request_perf = time.perf_counter()
+            self.hub.submit(Job(self, requests))
+            return
+        waiting = parser.waiting_for_body
+        if waiting is not None and waiting.expects_continue and not self.continued:
+            self.continued = True
+            self.queue(http11.CONTINUE)
+
+    def take_next(self) -> None:
+        """Frame the next buffered requests, unless answers are piling up unread."""
+        if self.busy or self.close_after or self.draining_until:
+            return
+        if self.pending_output > self.hub.limits.output_high_water:
+            return  # resumed by flush() once the client reads
+        if self.parser.buffer:
+            if not self.request_started:
+                self.request_started = time.monotonic()
+                self.request_perf = time.perf_counter()
+            self.advance()
+
+    def refuse(self, error: HttpError) -> None:
+        """A request that broke framing or a limit: answer it, then hang up gracefully."""
+        answer = error_answer(error.status, error.detail, error.headers)
+        data = http11.response(
+            answer.status, answer.body, answer.content_type, close=True, headers=answer.headers
+        )
+        self.hub.log_refusal(self, int(error.status))
+        self.parser = RequestParser()  # the rest of the bytes are not requests
+        self.close_after = True
+        self.queue(data)
+
+    def time_out(self) -> None:
+        """A request that did not arrive whole in time: 408, then close."""
+        seconds = self.hub.limits.request_timeout
+        self.refuse(
+            HttpError(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive within {seconds:g}s")
+        )
+        if self.is_open and self.pending_output:
+            self.close()  # a client this slow gets no second chance to read
+
+    # -- writing --------------------------------------------------------------------------
+
+    def queue(self, data: bytes, *, send: bool = True) -> None:
+        """Add output and (unless told not to yet) try to send it at once."""
+        if not self.pending_output:
+            self.out_since = time.monotonic()
+        self.out += data
+        if send:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what the socket takes now; never wait for it."""
+        sock = self.sock
+        while self.pending_output:
+            try:
+                with memoryview(self.out) as view:
+                    chunk = view[self.out_position :]
+                    try:
+                        sent = sock.send(chunk)
+                    finally:
+                        chunk.release()
+            except WANT:
+                break
+            except OSError:
+                self.close()
+                return
+            if sent <= 0:
+                break
+            self.out_position += sent
+        if not self.pending_output:
+            self.out.clear()
+            self.out_position = 0
+            self.out_since = 0.0
+            if self.close_after and not self.busy:
+                self.hang_up()
+                return
+        elif self.out_position > 65536 and self.out_position * 2 > len(self.out):
+            del self.out[: self.out_position]  # rarely: keep the copy cost linear
+            self.out_position = 0
+        if self.parser.buffer and not self.busy:
+            self.take_next()  # requests held back while answers piled up
+        self.update_events()
+
+    def hang_up(self) -> None:
+        """Close after the last answer, reading and dropping what still comes for a moment.
+
+        Closing with unread bytes makes the kernel reset the connection, and the client
+        might then never read the answer (a "lingering close").
+        """
+        if self.draining_until or not self.is_open:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError):
+            self.close()
+            return
+        self.draining_until = time.monotonic() + self.hub.limits.drain_seconds
+        self.set_events(READ)
+
+    # -- selector interest and closing -----------------------------------------------------
+
+    def update_events(self) -> None:
+        """Watch for what this connection can use now: output room, more input, or both."""
+        if not self.is_open or self.handshaking:
+            return
+        events = 0
+        if self.pending_output:
+            events |= WRITE
+        if self.draining_until or self._wants_input():
+            events |= READ
+        self.set_events(events)
+
+    def _wants_input(self) -> bool:
+        """Read on unless output is piling up or a whole request already waits."""
+        if self.close_after or self.pending_output > self.hub.limits.output_high_water:
+            return False
+        return not self.busy or len(self.parser.buffer) < http11.MAX_REQUEST_BYTES
+
+    def set_events(self, events: int) -> None:
+        """Register, modify or drop this socket in the selector (no syscall if unchanged)."""
+        if events == self.events:
+            return
+        selector = self.hub.selector
+        try:
+            if self.events and events:
+                selector.modify(self.sock, events, self)
+            elif events:
+                selector.register(self.sock, events, self)
+            else:
+                selector.unregister(self.sock)
+        except (KeyError, ValueError, OSError):
+            self.close()
+            return
+        self.events = events
+
+    def close(self) -> None:
+        """Close the socket and tell the loop."""
+        if not self.is_open:
+            return
+        if self.events:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.hub.selector.unregister(self.sock)
+            self.events = 0
+        fileno = self.sock.fileno()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.hub.closed(fileno)
