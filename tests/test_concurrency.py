@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -145,3 +146,46 @@ def test_a_thousand_clients_connecting_at_once(db_path: Path, served: Served) ->
         and json.loads(answer.partition(b"\r\n\r\n")[2])["status"] is True
         for answer in answers.values()
     )
+
+
+@pytest.mark.slow
+@needs_executable
+def test_opening_beside_a_busy_server_never_reads_a_torn_header(
+    db_path: Path, serve: Callable[..., Served]
+) -> None:
+    """Regression: the identity probe once went through an immutable=1 connection, which
+    read torn pages while the server checkpointed and called a healthy file damaged."""
+    token = TokenService(SQLiteStore.open(db_path, create=True)).issue().token
+    served = serve()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            served.request("POST", "/app/token")
+            served.request("GET", f"/app/valid/{token}")
+
+    assert EXECUTABLE is not None
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    # Bulk writers keep the WAL and so the checkpoints busy, page 1 included.
+    writers = [
+        subprocess.Popen(
+            [EXECUTABLE, "issue", "--count", "3000"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(lambda _: tokencli("check", "-q", token), range(90)))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        written = [writer.communicate(timeout=120) for writer in writers]
+    failures = [result.stderr for result in results if result.returncode != 0]
+    failures += [err for _, err in written if err]
+    assert failures == []

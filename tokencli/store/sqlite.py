@@ -19,7 +19,7 @@ from typing import Any
 from tokencli.errors import StorageError
 from tokencli.model import AuditEvent, Counts, TokenFilter, TokenRecord, TokenState, ends_at
 from tokencli.store.base import IdCollisionError
-from tokencli.store.sqlite_open import open_connection, storage_errors
+from tokencli.store.sqlite_open import Held, open_connection, release, storage_errors
 from tokencli.store.sqlite_schema import migrate
 
 _TOKEN_COLUMNS = (
@@ -85,9 +85,11 @@ class SQLiteStore:
         watch: FileWatch | None = None,
         *,
         writable: bool = True,
+        held: Held = None,
     ) -> None:
         self._connection = connection
         self.path = path
+        self._held = held  # counted while open (sqlite_open.hold): released on close
         self._write_lock = write_lock if write_lock is not None else contextlib.nullcontext()
         self._watch = watch
         self._writable = writable
@@ -105,10 +107,11 @@ class SQLiteStore:
     ) -> SQLiteStore:
         """Open the database at `path`; create it if `create`, else read a missing one as
         empty. `read_only` opens it so that it cannot be written (read-only commands)."""
-        connection = open_connection(path, create=create, read_only=read_only)
-        if connection is None:
+        opened = open_connection(path, create=create, read_only=read_only)
+        if opened is None:
             return cls.empty()
-        return cls(connection, path, write_lock, watch, writable=not read_only)
+        connection, held = opened
+        return cls(connection, path, write_lock, watch, writable=not read_only, held=held)
 
     @classmethod
     def empty(cls) -> SQLiteStore:
@@ -125,6 +128,8 @@ class SQLiteStore:
     def close(self) -> None:
         """Close the connection."""
         self._connection.close()
+        release(self._held)
+        self._held = None
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         return storage_errors(self.path, write=self._writable)

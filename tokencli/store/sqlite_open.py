@@ -1,13 +1,14 @@
 """Opening a SQLite file safely: identity first, nothing written to what is not ours.
 
-- A file is probed before any connection that could write to it exists: an `immutable=1`
-  connection reads its header (application_id, schema version) without locks, journals
-  or WAL, so a foreign file and its `-wal`, `-shm` or hot journal stay byte-for-byte as
-  they were. (A normal connection would checkpoint a foreign WAL on close, or roll back
-  its hot journal.)
-- The probe goes through SQLite, never `open()`: closing any descriptor of a database
-  file drops every POSIX lock this process holds on it, so a raw read beside a live
-  connection (the server's) would let other processes reset the WAL under it.
+- A file is probed before any SQLite connection to it exists: its 100-byte header
+  (magic, application_id, schema version) is read plainly, so a foreign file and its
+  `-wal`, `-shm` or hot journal stay byte-for-byte as they were. (A SQLite connection
+  would checkpoint a foreign WAL on close, roll back its hot journal, or write to its
+  -shm; an `immutable=1` one reads torn pages while another process checkpoints.)
+- That plain read happens only while this process holds no SQLite connection to the
+  file: closing any descriptor of a database file drops every POSIX lock this process
+  holds on it, so a raw read beside a live connection (the server's) would let other
+  processes reset the WAL under it. Connections are counted per inode for that.
 - A new database is built under a temporary name and linked into place fully formed
   (mode 0600), so a concurrent process never sees a half-made file.
 - Commands that only read open the file `mode=ro`, so they work on a file the user may
@@ -19,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -90,34 +93,78 @@ def connect(path: Path | str, *, uri: bool = False) -> sqlite3.Connection:
     )
 
 
-def probe_identity(path: Path) -> int:
+_HEADER = struct.Struct(">16s44xI4xI")  # magic, user_version at 60, application_id at 68
+_MAGIC = b"SQLite format 3\x00"
+# The files this process has SQLite connections to, by (device, inode), with how many.
+_open_files: dict[tuple[int, int], int] = {}
+_open_files_lock = threading.RLock()
+
+
+def hold(path: Path) -> tuple[int, int] | None:
+    """Note that this process now has a connection to the file (see `probe_identity`)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    key = (status.st_dev, status.st_ino)
+    with _open_files_lock:
+        _open_files[key] = _open_files.get(key, 0) + 1
+    return key
+
+
+def release(key: tuple[int, int] | None) -> None:
+    """Note that a connection noted by `hold` has closed."""
+    if key is None:
+        return
+    with _open_files_lock:
+        left = _open_files.get(key, 0) - 1
+        if left > 0:
+            _open_files[key] = left
+        else:
+            _open_files.pop(key, None)
+
+
+def _held(path: Path) -> bool:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return False
+    with _open_files_lock:
+        return (status.st_dev, status.st_ino) in _open_files
+
+
+def probe_identity(path: Path) -> int | None:
     """Refuse, without writing or locking, any file that is not a tokencli database of a
-    schema this code understands; return its schema version."""
+    schema this code understands; return the schema version its header records.
+
+    The header is read with a plain read, before SQLite touches the file: no journal is
+    rolled back, no WAL checkpointed or -shm rewritten. A plain read is safe only while
+    this process holds no SQLite lock on the file (closing any descriptor of a file drops
+    all of a process's POSIX locks on it, and another process could then reset the WAL
+    under our live connection), so when this process already has the file open (the
+    server's threads) the probe is skipped: that file was probed when first opened.
+    Returns None when skipped.
+    """
     if path.is_dir():
         raise StorageError(f"{path} is a folder, not a database file; pass --db FILE")
     problem = permission_problem(path, write=False)
     if problem is not None:
         raise NoPermissionError(problem)
-    probe = connect(_uri(path, "mode=ro&immutable=1"), uri=True)
-    try:
-        application_id = probe.execute("PRAGMA application_id").fetchone()[0]
-        version = user_version(probe)
-    except sqlite3.DatabaseError as error:
-        if "not a database" in str(error):
-            raise StorageError(f"{path} is not a SQLite database {_REFUSING}") from None
+    if _held(path):
+        return None
+    with open(path, "rb") as handle:
+        header = handle.read(_HEADER.size)
+    if not header:
         raise StorageError(
-            f"database at {path} is damaged ({error}); it was left as it is"
-        ) from None
-    finally:
-        probe.close()
+            f"database at {path} is an empty file, not a tokencli database {_REFUSING}"
+        )
+    if len(header) < _HEADER.size or not header.startswith(_MAGIC):
+        raise StorageError(f"{path} is not a SQLite database {_REFUSING}")
+    _, version, application_id = _HEADER.unpack(header)
     if application_id != APPLICATION_ID:
-        if path.stat().st_size == 0:
-            raise StorageError(
-                f"database at {path} is an empty file, not a tokencli database {_REFUSING}"
-            )
         raise StorageError(f"database at {path} is not a tokencli database {_REFUSING}")
     _refuse_newer(path, version)
-    return version
+    return int(version)
 
 
 def _refuse_newer(path: Path, version: int) -> None:
@@ -154,8 +201,14 @@ def create_database(path: Path) -> None:
         os.unlink(temporary_name)
 
 
-def open_connection(path: Path, *, create: bool, read_only: bool) -> sqlite3.Connection | None:
-    """A checked, migrated connection to the database at `path`.
+Held = tuple[int, int] | None
+
+
+def open_connection(
+    path: Path, *, create: bool, read_only: bool
+) -> tuple[sqlite3.Connection, Held] | None:
+    """A checked, migrated connection to the database at `path`, and its `hold` key
+    (pass it to `release` after closing the connection).
 
     Returns None when the file does not exist and `create` is False (a dangling symlink
     counts as missing): the caller then reads an empty database and creates nothing. A
@@ -170,30 +223,42 @@ def open_connection(path: Path, *, create: bool, read_only: bool) -> sqlite3.Con
             if problem is not None:
                 raise NoPermissionError(problem)
             create_database(target)
-        version = probe_identity(path)
-        if read_only and version == sqlite_schema.SCHEMA_VERSION:
-            return _open_read_only(path)
-        problem = permission_problem(path, write=True)
-        if problem is not None:
-            raise NoPermissionError(
-                problem
-                if not read_only
-                else f"{problem}: the database needs an upgrade to schema "
-                f"{sqlite_schema.SCHEMA_VERSION}; run any writing command as its owner"
-            )
-        connection = connect(path)
+        # Probe and count under one lock, so no other thread of this process reads the
+        # header plainly while this connection is being made.
+        with _open_files_lock:
+            version = probe_identity(path)
+            held = hold(path)
         try:
-            # NORMAL is crash-safe in WAL mode (a killed process loses nothing it
-            # committed); only a power cut can drop the last commits.
-            connection.execute("PRAGMA synchronous = NORMAL")
-            version = user_version(connection)  # may have moved on since the probe
-            _refuse_newer(path, version)
-            if version < sqlite_schema.SCHEMA_VERSION:
-                migrate(connection)
+            return _connect_checked(path, version, read_only), held
         except BaseException:
-            connection.close()
+            release(held)
             raise
-        return connection
+
+
+def _connect_checked(path: Path, version: int | None, read_only: bool) -> sqlite3.Connection:
+    if read_only and version in (None, sqlite_schema.SCHEMA_VERSION):
+        return _open_read_only(path)
+    problem = permission_problem(path, write=True)
+    if problem is not None:
+        raise NoPermissionError(
+            problem
+            if not read_only
+            else f"{problem}: the database needs an upgrade to schema "
+            f"{sqlite_schema.SCHEMA_VERSION}; run any writing command as its owner"
+        )
+    connection = connect(path)
+    try:
+        # NORMAL is crash-safe in WAL mode (a killed process loses nothing it
+        # committed); only a power cut can drop the last commits.
+        connection.execute("PRAGMA synchronous = NORMAL")
+        version = user_version(connection)  # may have moved on since the probe
+        _refuse_newer(path, version)
+        if version < sqlite_schema.SCHEMA_VERSION:
+            migrate(connection)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
