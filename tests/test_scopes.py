@@ -254,6 +254,30 @@ def test_verdict_order_when_several_apply(service: TokenService, clock: Clock) -
     assert service.show(lacking).uses_left == 1
 
 
+def forged_with_id_of(token: str) -> str:
+    """A well-formed token (checksum and all) with `token`'s ID and another secret."""
+    body = token.split(":")[0] + ":" + tokens.generate().plaintext.split(":")[1][:24]
+    forged = body + tokens._checksum(body)
+    assert tokens.parse(forged) == token.split(":")[0] and forged != token
+    return forged
+
+
+def test_a_known_id_with_a_wrong_secret_is_unknown_and_reveals_nothing(
+    service: TokenService, runner: CliRunner, on_file: TokenService
+) -> None:
+    issued = service.issue(scopes=["a"], label="secret project", uses=3)
+    service.revoke(issued.info.id)
+    result = service.check(forged_with_id_of(issued.token), ["zzz"])
+    assert (result.state, result.info) == (TokenState.UNKNOWN, None)
+    # Whoever holds only the public ID learns nothing of the token from a check.
+    other = on_file.issue(scopes=["a"], label="secret project", uses=3).token
+    code, payload = check_json(runner, forged_with_id_of(other))
+    assert (code, payload) == (1, {"valid": False, "state": "unknown"})
+    status, payload = http(on_file, "GET", f"/app/valid/{forged_with_id_of(other)}")
+    assert payload == {"status_code": 200, "status": False, "state": "unknown"}
+    assert on_file.show(other).uses_left == 3
+
+
 def test_rotate_carries_the_scopes_to_the_successor(
     runner: CliRunner, on_file: TokenService
 ) -> None:

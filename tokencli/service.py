@@ -237,6 +237,10 @@ class TokenService:
             for item, token_id in zip(presented, token_ids, strict=True):
                 record = records.get(token_id) if token_id is not None else None
                 state = self._judge(item, token_id, record, now)
+                if state is TokenState.UNKNOWN:
+                    # A stored ID with a wrong secret: whoever holds only the ID learns
+                    # nothing of that token (label, scopes, uses), here or in the trail.
+                    record = None
                 if (
                     state is TokenState.VALID
                     and record is not None
