@@ -382,3 +382,49 @@ def test_http_delete_needs_the_admin_key_when_set(service: TokenService) -> None
     assert service.show(issued.info.id).state is TokenState.VALID
     assert delete(service, issued.info.id, config, ADMIN_KEY)[0] == 200
     assert service.show(issued.info.id).state is TokenState.REVOKED
+
+
+def test_ids_and_selectors_print_each_token_once_dry_run_or_not(
+    runner: CliRunner, on_file: TokenService, db_path: Path
+) -> None:
+    both = on_file.issue(label="ci").info.id  # named and selected
+    selected = on_file.issue(label="ci").info.id
+    args = [both, both, "--label", "ci"]
+    dry = revoke(runner, "--dry-run", *args)
+    assert dry.exit_code == 0, dry.output
+    assert sorted(printed_ids(dry.stdout, "would revoke")) == sorted([both, selected])
+    real = revoke(runner, *args)
+    assert real.exit_code == 0, real.output
+    assert printed_ids(real.stdout) == printed_ids(dry.stdout, "would revoke")
+    assert sorted(revoke_events(db_path)) == sorted([both, selected])  # one event each
+
+
+def test_ids_and_selectors_are_one_transaction(
+    runner: CliRunner, on_file: TokenService, db_path: Path
+) -> None:
+    """A named token and the selected ones are revoked together or not at all."""
+    named = on_file.issue(label="web").info.id
+    selected = [on_file.issue(label="ci").info.id for _ in range(3)]
+    connection = sqlite3.connect(db_path)
+    connection.execute(
+        "CREATE TRIGGER refuse_last BEFORE UPDATE OF revoked_at ON tokens"
+        f" WHEN NEW.id = '{selected[-1]}' BEGIN SELECT RAISE(ABORT, 'refused by a test'); END"
+    )
+    connection.commit()
+    connection.close()
+    result = revoke(runner, named, "--label", "ci")
+    assert result.exit_code == 3, result.output
+    assert set(states(on_file).values()) == {"valid"}
+    assert revoke_events(db_path) == []
+    assert "revoked" not in result.stdout
+
+
+def test_dry_run_of_a_missing_id_says_so_as_the_real_run(
+    runner: CliRunner, on_file: TokenService
+) -> None:
+    kept = on_file.issue().info.id
+    for args in (["--dry-run"], []):
+        result = revoke(runner, *args, "aaaaaaaaaaaa", kept)
+        assert result.exit_code == 1
+        assert "aaaaaaaaaaaa" in result.stderr
+        assert result.stdout.split()[-1] == kept

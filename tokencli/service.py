@@ -346,17 +346,61 @@ class TokenService:
 
         A dry run returns the IDs it would revoke and changes nothing.
         """
+        return self.revoke_many((), selector, dry_run=dry_run)[0]
+
+    def revoke_many(
+        self,
+        names: Sequence[str],
+        selector: TokenFilter | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> tuple[list[str], list[NotFoundError]]:
+        """Revoke the named tokens (IDs or whole tokens) and every live token the selector
+        matches, all in one transaction, one audit event per token.
+
+        Returns the IDs revoked, each once (the named first, then the selected, oldest
+        first), and a NotFoundError per name that is not there; the others are revoked
+        regardless. A dry run returns what it would do and changes nothing.
+        """
+        missing: list[NotFoundError] = []
+        named: list[str] = []
+        for name in names:
+            try:
+                named.append(self.resolve_id(name))
+            except NotFoundError as error:
+                missing.append(error)
+        named = list(dict.fromkeys(named))
+        live = None if selector is None else selector._replace(states=LIVE.states, limit=None)
         if dry_run:
             now = self.now()
-            live = selector._replace(states=LIVE.states, limit=None)
-            return [record.id for record in self._store.iter_tokens(live, now)]
+            found = self._store.get_many(named) if named else {}
+            chosen = [token_id for token_id in named if token_id in found]
+            missing.extend(NotFoundError(f"no token {i}") for i in named if i not in found)
+            if live is not None:
+                chosen.extend(
+                    record.id
+                    for record in self._store.iter_tokens(live, now)
+                    if record.id not in found
+                )
+            return chosen, missing
         with self._store.transaction():
             now = self.now()
-            revoked = self._store.revoke_matching(selector, now)
-            self._store.record(
-                [self._event(now, "revoke", token_id, "revoked") for token_id in revoked]
-            )
-        return revoked
+            revoked: list[str] = []
+            events: list[AuditEvent] = []
+            for token_id in named:
+                if self._store.revoke(token_id, now):
+                    revoked.append(token_id)
+                    events.append(self._event(now, "revoke", token_id, "revoked"))
+                else:
+                    missing.append(NotFoundError(f"no token {token_id}"))
+                    events.append(self._event(now, "revoke", token_id, "not_found"))
+            if live is not None:
+                # The named ones are revoked already, so no longer live: none comes twice.
+                selected = self._store.revoke_matching(live, now)
+                revoked.extend(selected)
+                events.extend(self._event(now, "revoke", i, "revoked") for i in selected)
+            self._store.record(events)
+        return revoked, missing
 
     def _live_record(self, action: str, token_id: str, now: int) -> TokenRecord:
         """The record of a live token, or NotFoundError (with its audit event recorded)."""
