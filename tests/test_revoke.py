@@ -428,3 +428,23 @@ def test_dry_run_of_a_missing_id_says_so_as_the_real_run(
         assert result.exit_code == 1
         assert "aaaaaaaaaaaa" in result.stderr
         assert result.stdout.split()[-1] == kept
+
+
+@needs_executable
+def test_ctrl_c_at_the_question_exits_130_and_revokes_nothing(
+    on_file: TokenService, db_path: Path
+) -> None:
+    on_file.issue()
+    code, shown = on_a_terminal(["revoke", "--all"], db_path, None)
+    assert code == 130, shown
+    assert "interrupted" in shown and "Traceback" not in shown
+    assert list(states(on_file).values()) == ["valid"]
+
+
+@needs_executable
+def test_end_of_input_at_the_question_is_no(on_file: TokenService, db_path: Path) -> None:
+    on_file.issue()
+    code, shown = on_a_terminal(["revoke", "--all"], db_path, b"\x04")
+    assert code == 0, shown
+    assert "Aborted" not in shown and "Traceback" not in shown
+    assert list(states(on_file).values()) == ["valid"]

@@ -253,7 +253,7 @@ def revoke(
         if all_tokens and selector is None:
             selector = selector_options_filter(everything=True)
         if all_tokens and not yes and not dry_run and sys.stdin.isatty():
-            if not typer.confirm("Revoke every live token?", default=False, err=True):
+            if not _confirmed("Revoke every live token?"):
                 raise typer.Exit(int(ExitStatus.OK))
         with service(ctx, create=not dry_run, read_only=dry_run) as revoking:
             revoked, missing = revoking.revoke_many(ids or (), selector, dry_run=dry_run)
@@ -263,6 +263,20 @@ def revoke(
         sys.stdout.write("".join(f"{verb} {token_id}\n" for token_id in revoked))
         if missing:
             raise typer.Exit(int(ExitStatus.NOT_VALID))
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on stderr and read the answer from the terminal; only y or yes is yes.
+
+    Not click's prompt: it turns Ctrl-C into "Aborted!" and exit 1, where Ctrl-C is 130
+    everywhere else (`exit_codes()` maps the KeyboardInterrupt). End of input is no.
+    """
+    sys.stderr.write(f"{question} [y/N]: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline(256)
+    if not answer:
+        sys.stderr.write("\n")
+    return answer.strip().lower() in ("y", "yes")
 
 
 @app.command()
