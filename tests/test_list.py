@@ -398,3 +398,25 @@ def test_memory_stays_flat_however_many_rows_stream(tmp_path: Path) -> None:
         assert peak - baseline < 16 * 1024, (output, baseline, peak)
     with out.open() as table:
         assert sum(1 for _ in table) == ROWS + 1  # the header and a row per token
+
+
+@pytest.mark.parametrize("command", ["list", "export"])
+@pytest.mark.parametrize("within", ["0", "0s", "3651d", "99999999999999999999", "9" * 40])
+def test_expiring_within_out_of_range_is_a_usage_error(
+    runner: CliRunner, on_file: TokenService, command: str, within: str
+) -> None:
+    on_file.issue()
+    result = runner.invoke(app, [command, "--expiring-within", within])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    assert "expiring" in result.stderr
+
+
+def test_expiring_within_at_the_limit_is_fine(runner: CliRunner, on_file: TokenService) -> None:
+    on_file.issue()
+    assert len(listed(runner, "--expiring-within", "3650d")) == 1
+    status, payload = get(on_file, "/app/tokens?expiring_within=3650d")
+    assert (status, len(payload["tokens"])) == (200, 1)
+    status, payload = get(on_file, "/app/tokens?expiring_within=3651d")
+    assert status == 400 and "expiring_within" in payload["detail"]

@@ -33,7 +33,7 @@ from tokencli.model import (
     TokenFilter,
     TokenState,
 )
-from tokencli.rules import validate_positive, validate_scopes, validate_ttl
+from tokencli.rules import expiry_horizon, validate_positive, validate_scopes
 from tokencli.service import Presented, TokenService
 
 JSON = "application/json"
@@ -335,9 +335,12 @@ def list_filter(request: Request, now: int) -> TokenFilter:
         validate_positive("limit", limit, LIST_LIMIT_MAX)
     within = one("expiring_within")
     try:
-        expires_by = None if within is None else now + validate_ttl(parse_duration(within))
+        within_seconds = None if within is None else parse_duration(within)
     except DurationError as error:
-        raise InvalidRequestError(str(error)) from None
+        raise InvalidRequestError(f"expiring_within: {error}") from None
+    expires_by = (
+        None if within_seconds is None else expiry_horizon(now, within_seconds, "expiring_within")
+    )
     return TokenFilter(
         states=states,
         label=one("label"),

@@ -71,6 +71,16 @@ def validate_ttl(ttl_seconds: int) -> int:
     return ttl_seconds
 
 
+def expiry_horizon(now: int, within_seconds: int, name: str = "--expiring-within") -> int:
+    """The latest expiry a list filter keeps: `within_seconds` from now, which must be
+    positive and at most 3650 days (no token lives longer), else InvalidRequestError."""
+    if within_seconds <= 0:
+        raise InvalidRequestError(f"{name} must be positive, e.g. 1d")
+    if within_seconds > MAX_TTL_SECONDS:
+        raise InvalidRequestError(f"{name} is too large; the limit is 3650d")
+    return now + within_seconds
+
+
 def validate_positive(name: str, value: int | None, limit: int) -> None:
     """Refuse a count, limit or number of uses that is not in 1..limit (None passes)."""
     if value is None:
