@@ -420,3 +420,24 @@ def test_expiring_within_at_the_limit_is_fine(runner: CliRunner, on_file: TokenS
     assert (status, len(payload["tokens"])) == (200, 1)
     status, payload = get(on_file, "/app/tokens?expiring_within=3651d")
     assert status == 400 and "expiring_within" in payload["detail"]
+
+
+def test_more_required_scopes_than_a_token_holds_match_nothing(
+    runner: CliRunner, on_file: TokenService
+) -> None:
+    """A token holds at most 32 scopes, so a filter naming more matches nothing; it is
+    not sent to the database as thousands of conditions (SQLite refuses an expression
+    1000 deep: that was exit 3 and HTTP 503)."""
+    issued = on_file.issue(scopes=[f"s{n}" for n in range(32)])
+    held = [item for n in range(32) for item in ("--scope", f"s{n}")]
+    assert ids_of(listed(runner, *held)) == [issued.info.id]
+    many = [item for n in range(5_000) for item in ("--scope", f"s{n}")]
+    assert listed(runner, *many) == []
+    assert listed(runner, *held, "--scope", "other") == []
+    for command in (["export"], ["revoke", "--dry-run"], ["revoke"]):
+        result = runner.invoke(app, [*command, *many])
+        assert (result.exit_code, result.stdout) == (0, ""), (command, result.output)
+    query = "&".join(f"scope=s{n}" for n in range(5_000))
+    status, payload = get(on_file, f"/app/tokens?{query}")
+    assert (status, payload["tokens"]) == (200, [])
+    assert on_file.show(issued.info.id).state.value == "valid"

@@ -16,6 +16,7 @@ from tokencli.model import (
     MAX_SCOPES,
     MAX_TTL_SECONDS,
     SCOPE_PATTERN,
+    TokenFilter,
     TokenInfo,
     TokenRecord,
     TokenState,
@@ -107,6 +108,15 @@ def validate_scopes(names: Iterable[object], *, limit: int | None = MAX_SCOPES) 
     if limit is not None and len(unique) > limit:
         raise InvalidRequestError(f"{len(unique)} scopes; a token holds at most {limit}")
     return tuple(unique)
+
+
+def matches_nothing(selector: TokenFilter) -> bool:
+    """True for a filter no token can meet: it requires more scopes than a token holds.
+
+    Checked before a query, so a list asking for thousands of scopes is answered (empty)
+    rather than sent to the database as thousands of conditions.
+    """
+    return len(set(selector.scopes)) > MAX_SCOPES
 
 
 def lacks_scopes(record: TokenRecord, required: tuple[str, ...]) -> bool:

@@ -42,6 +42,7 @@ from tokencli.rules import (
     info,
     lacks_scopes,
     lifetime,
+    matches_nothing,
     renewed_expiry,
     state_at,
     validate_label,
@@ -371,6 +372,8 @@ class TokenService:
                 missing.append(error)
         named = list(dict.fromkeys(named))
         live = None if selector is None else selector._replace(states=LIVE.states, limit=None)
+        if live is not None and matches_nothing(live):
+            live = None
         if dry_run:
             now = self.now()
             found = self._store.get_many(named) if named else {}
@@ -465,11 +468,17 @@ class TokenService:
 
     def list_tokens(self, selector: TokenFilter = LIVE) -> Iterator[TokenInfo]:
         """The tokens the selector matches, oldest first, streamed from the store."""
+        now = self.now()
+        for record in self.records(selector, now):
+            yield info(record, state_at(record, now))
+
+    def records(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
+        """The stored tokens the selector matches at `now`, oldest first, streamed."""
         if selector.limit is not None:
             validate_positive("limit", selector.limit, 2**62)
-        now = self.now()
-        for record in self._store.iter_tokens(selector, now):
-            yield info(record, state_at(record, now))
+        if matches_nothing(selector):
+            return iter(())
+        return self._store.iter_tokens(selector, now)
 
     def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens starting with `prefix`, for shell completion."""

@@ -92,7 +92,7 @@ def export_objects(
 ) -> Iterator[dict[str, Any]]:
     """The tokens the selector matches, then (with `audit`) every audit event; streamed."""
     now = service.now()
-    for record in service.store.iter_tokens(selector, now):
+    for record in service.records(selector, now):
         yield token_line(record)
     if audit:
         for event in service.store.iter_events():
