@@ -445,3 +445,37 @@ def test_any_bytes_on_stdin_never_give_a_traceback(
     )
     if result.exit_code == 2:
         assert result.stderr.startswith("Error: line ")
+
+
+@pytest.mark.parametrize("field", ["action", "outcome", "source", "detail"])
+@pytest.mark.parametrize("text", ["\x1b[2Jwiped", "a\nb", "\ud800", "\u202eevil", "\x00"], ids=repr)
+def test_an_event_with_control_characters_imports_nothing(
+    runner: CliRunner, zoo: dict[str, Any], fresh: Path, field: str, text: str
+) -> None:
+    """Event text reaches `audit` on a terminal: it must be printable, as labels are
+    (a lone surrogate could not even be stored: that was a traceback)."""
+    lines = good_lines(runner)
+    index = next(n for n, line in enumerate(lines) if '"type": "event"' in line)
+    lines[index] = mangled(json.loads(lines[index]), **{field: text})
+    result = import_into(runner, fresh, "\n".join(lines))
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith(f"Error: line {index + 1}: ")
+    assert "\x1b" not in result.stderr
+    assert rows(fresh) == []
+
+
+def test_audit_shows_stored_event_text_literally(runner: CliRunner, db_path: Path) -> None:
+    """Whatever another tool wrote into the trail, `audit` prints it escaped."""
+    runner.invoke(app, ["issue"])
+    connection = sqlite3.connect(db_path)
+    connection.execute(
+        "INSERT INTO audit (at, action, token_id, outcome, source, detail)"
+        " VALUES (1, '\x1b[31maction', NULL, 'out\ncome', 'src\x07', 'de\x1btail')"
+    )
+    connection.commit()
+    connection.close()
+    shown = runner.invoke(app, ["audit"]).stdout
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "\\x1b[31maction" in shown and "out\\x0acome" in shown
+    assert len(shown.splitlines()) == 3

@@ -55,12 +55,20 @@ def validate_label(label: str | None) -> str | None:
         raise InvalidRequestError(
             f"label is {len(label)} characters long; the limit is {MAX_LABEL_LENGTH}"
         )
-    for character in label:
+    return validate_printable(label, "label")
+
+
+def validate_printable(text: str, name: str) -> str:
+    """Return `text` if it holds no control, surrogate or bidi character; else refuse it.
+
+    Such text would display as something it is not (or not be storable at all).
+    """
+    for character in text:
         if unicodedata.category(character) in ("Cc", "Cs") or character in BIDI_CONTROLS:
             raise InvalidRequestError(
-                f"label holds a control character ({character!r}); use printable text"
+                f"{name} holds a control character ({character!r}); use printable text"
             )
-    return label
+    return text
 
 
 def validate_ttl(ttl_seconds: int) -> int:
