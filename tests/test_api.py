@@ -573,3 +573,33 @@ def test_tokens_module_is_the_only_judge_of_a_token(http_service: TokenService) 
     stranger = tokens.generate().plaintext
     answer = api.answer(http_service, request("GET", f"/app/valid/{stranger}"), ApiConfig())
     assert payload(answer) == {"status_code": 200, "status": False, "state": "unknown"}
+
+
+def test_a_bug_answering_one_validation_is_that_validations_500_alone(
+    http_service: TokenService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdicts of a group are rendered one by one; one failing spoils no other."""
+    real = api.verdict_answer
+
+    def fragile(result: Any, template: str) -> Answer:
+        if result.state is TokenState.INSUFFICIENT_SCOPE:
+            raise KeyError("a rendering bug")
+        return real(result, template)
+
+    monkeypatch.setattr(api, "verdict_answer", fragile)
+    first = http_service.issue(uses=3, scopes=["a"]).token
+    reported: list[str] = []
+    answers = batch(
+        http_service,
+        request("GET", f"/app/valid/{first}"),
+        request("GET", f"/app/valid/{first}?scope=b"),
+        request("GET", "/health"),
+        request("GET", f"/app/valid/{first}"),
+        request("GET", f"/app/valid/{first}?scope=b"),
+        config=ApiConfig(report=reported.append),
+    )
+    assert [int(answer.status) for answer in answers] == [200, 500, 200, 200, 500]
+    assert [payload(answers[i])["uses_left"] for i in (0, 3)] == [2, 1]
+    assert answers[1].route == "/app/valid/{token}"
+    assert reported == ["internal error answering /app/valid/{token}: KeyError"] * 2
+    assert http_service.show(first).uses_left == 1

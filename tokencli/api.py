@@ -506,17 +506,21 @@ def answer_batch(
         if not group:
             return
         assert service is not None
+        judged = group.copy()
+        group.clear()  # first: whatever happens below, these are never judged again
         try:
-            results = service.check_many([presented for _, _, presented in group])
+            results = service.check_many([presented for _, _, presented in judged])
         except Exception as error:  # every check in the group shares one statement
-            for index, template, _ in group:
+            for index, template, _ in judged:
                 answers[index] = _failure(error, template, config)
-        else:
-            for (index, template, _), result in zip(group, results, strict=True):
+            return
+        for (index, template, _), result in zip(judged, results, strict=True):
+            try:  # rendered one by one: a fault in one answer is that request's alone
                 answers[index] = verdict_answer(result, template)
                 if config.counters is not None:
                     config.counters.count_verdict(result.state.value)
-        group.clear()
+            except Exception as error:
+                answers[index] = _failure(error, template, config)
 
     for index, request in enumerate(requests):
         template = "unmatched"
@@ -536,7 +540,11 @@ def answer_batch(
         except Exception as error:
             answers[index] = _failure(error, template, config)
     judge_group()
-    return [answer for answer in answers if answer is not None]
+    # Every request has its answer, in its place: the server pairs them by position.
+    return [
+        answer if answer is not None else _failure(AssertionError(), "unmatched", config)
+        for answer in answers
+    ]
 
 
 def answer(service: TokenService | None, request: Request, config: ApiConfig) -> Answer:
