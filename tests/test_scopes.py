@@ -539,3 +539,37 @@ def test_any_query_string_is_answered_200_or_400(service: TokenService, raw: str
     assert int(answer.status) in (200, 400), answer.body
     if int(answer.status) == 400:
         assert service.show(token).uses_left == 1
+
+
+def test_checks_judged_together_agree_with_checks_one_by_one(service: TokenService) -> None:
+    """After a use taken earlier in the same batch, a check lacking a scope sees what is
+    left: `used_up` once nothing is (it comes before insufficient_scope), and the uses
+    left after the earlier checks, not before them."""
+    single = service.issue(uses=1, scopes=["a"]).token
+    triple = service.issue(uses=3, scopes=["a"]).token
+    batch = [
+        Presented(single),
+        Presented(single, ("b",)),
+        Presented(triple),
+        Presented(triple, ("b",)),
+        Presented(triple),
+        Presented(triple, ("b",)),
+    ]
+    together = [(r.state, r.info.uses_left if r.info else None) for r in service.check_many(batch)]
+    assert together == [
+        (TokenState.VALID, 0),
+        (TokenState.USED_UP, 0),
+        (TokenState.VALID, 2),
+        (TokenState.INSUFFICIENT_SCOPE, 2),
+        (TokenState.VALID, 1),
+        (TokenState.INSUFFICIENT_SCOPE, 1),
+    ]
+    # The same checks one by one, on fresh tokens, say the same.
+    single = service.issue(uses=1, scopes=["a"]).token
+    triple = service.issue(uses=3, scopes=["a"]).token
+    one_by_one = []
+    for item in batch:
+        text = single if item.text == batch[0].text else triple
+        result = service.check(text, item.scopes)
+        one_by_one.append((result.state, result.info.uses_left if result.info else None))
+    assert one_by_one == together

@@ -278,12 +278,20 @@ class TokenService:
         granted: dict[str, tuple[int, int]],
         now: int,
     ) -> list[CheckResult]:
-        """Give the uses the store granted to the checks that asked, first come first."""
+        """Give the uses the store granted to the checks that asked, first come first.
+
+        Each verdict is what a check one by one would have said: a check lacking a scope
+        sees the uses the earlier checks of the batch left (and `used_up` if none).
+        """
         handed: Counter[str] = Counter()
+        ended: dict[str, CheckResult] = {}  # tokens an earlier check found used up (or worse)
         results = []
         for state, record in verdicts:
             if record is None:
                 results.append(CheckResult(state))
+                continue
+            if state is TokenState.INSUFFICIENT_SCOPE and record.uses_left is not None:
+                results.append(ended.get(record.id) or self._lacking(record, granted, handed))
                 continue
             if state is not TokenState.VALID or record.uses_left is None:
                 results.append(CheckResult(state, info(record, state)))
@@ -303,8 +311,24 @@ class TokenService:
             if late is TokenState.VALID:
                 late = TokenState.USED_UP
             current = fresh if fresh is not None else record._replace(uses_left=0)
-            results.append(CheckResult(late, info(current, late)))
+            ended[record.id] = CheckResult(late, info(current, late))
+            results.append(ended[record.id])
         return results
+
+    @staticmethod
+    def _lacking(
+        record: TokenRecord, granted: dict[str, tuple[int, int]], handed: Counter[str]
+    ) -> CheckResult:
+        """The verdict on a use-limited token lacking a scope, after the uses handed out
+        so far in this batch: insufficient_scope, or used_up once none is left."""
+        uses_left = record.uses_left
+        if handed[record.id]:
+            count, left_after = granted[record.id]
+            uses_left = left_after + (count - handed[record.id])
+        state = TokenState.INSUFFICIENT_SCOPE
+        if uses_left is not None and uses_left <= 0:
+            state = TokenState.USED_UP
+        return CheckResult(state, info(record, state)._replace(uses_left=uses_left))
 
     # -- show, revoke, renew, rotate ------------------------------------------------------
 
