@@ -573,3 +573,19 @@ def test_checks_judged_together_agree_with_checks_one_by_one(service: TokenServi
         result = service.check(text, item.scopes)
         one_by_one.append((result.state, result.info.uses_left if result.info else None))
     assert one_by_one == together
+
+
+def test_required_scopes_are_unbounded_in_a_body_as_in_a_query(service: TokenService) -> None:
+    """A token holds at most 32 scopes; requiring more is insufficient_scope, wherever the
+    requirement is written (it was 400 in a body, 200 in a query)."""
+    token = service.issue(uses=1, scopes=["s0"]).token
+    many = [f"s{n}" for n in range(MAX_SCOPES + 8)]
+    query = urlencode([("scope", name) for name in many])
+    for method, target, body in (
+        ("GET", f"/app/valid/{token}?{query}", None),
+        ("POST", f"/app/valid/{token}", {"scopes": many}),
+        ("POST", "/app/valid", {"token": token, "scopes": many}),
+    ):
+        status, payload = http(service, method, target, body)
+        assert (status, payload["state"]) == (200, "insufficient_scope"), target
+    assert service.show(token).uses_left == 1

@@ -28,6 +28,7 @@ from tokencli.model import (
     DEFAULT_TTL_SECONDS,
     LIST_LIMIT_DEFAULT,
     LIST_LIMIT_MAX,
+    MAX_SCOPES,
     STORED_STATES,
     CheckResult,
     TokenFilter,
@@ -153,12 +154,14 @@ def _json_object(body: bytes, allowed: set[str]) -> dict[str, Any]:
     return payload
 
 
-def _scope_list(value: object) -> tuple[str, ...]:
+def _scope_list(value: object, *, limit: int | None) -> tuple[str, ...]:
+    """A body's "scopes": held by a new token (at most `limit`) or required by a check
+    (any number: more than a token holds is simply insufficient_scope)."""
     if value is None:
         return ()
     if not isinstance(value, list):
         raise InvalidRequestError("scopes must be an array of scope names")
-    return validate_scopes(value)
+    return validate_scopes(value, limit=limit)
 
 
 # -- key checks --------------------------------------------------------------------------
@@ -230,7 +233,7 @@ def issue_options(body: bytes) -> dict[str, Any]:
         "ttl_seconds": _ttl_seconds(payload.get("ttl")),
         "label": label,
         "uses": uses,
-        "scopes": _scope_list(payload.get("scopes")),
+        "scopes": _scope_list(payload.get("scopes"), limit=MAX_SCOPES),
     }
 
 
@@ -253,7 +256,7 @@ def _presented_in_path(request: Request, params: dict[str, str]) -> Presented:
         body_token = payload.get("token")
         if body_token is not None and body_token != token:
             raise HttpError(HTTPStatus.BAD_REQUEST, "the body's token differs from the path's")
-        scopes = tuple(sorted({*scopes, *_scope_list(payload.get("scopes"))}))
+        scopes = tuple(sorted({*scopes, *_scope_list(payload.get("scopes"), limit=None)}))
     return Presented(token, scopes)
 
 
@@ -262,7 +265,9 @@ def _presented_in_body(request: Request, params: dict[str, str]) -> Presented:
     token = payload.get("token")
     if not isinstance(token, str):
         raise HttpError(HTTPStatus.BAD_REQUEST, 'send {"token": "ID:SECRET"} in the body')
-    scopes = tuple(sorted({*_query_scopes(request), *_scope_list(payload.get("scopes"))}))
+    scopes = tuple(
+        sorted({*_query_scopes(request), *_scope_list(payload.get("scopes"), limit=None)})
+    )
     return Presented(token, scopes)
 
 
