@@ -589,3 +589,16 @@ def test_required_scopes_are_unbounded_in_a_body_as_in_a_query(service: TokenSer
         status, payload = http(service, method, target, body)
         assert (status, payload["state"]) == (200, "insufficient_scope"), target
     assert service.show(token).uses_left == 1
+
+
+def test_rotate_and_renew_of_an_ended_token_say_so_in_words(
+    runner: CliRunner, on_file: TokenService
+) -> None:
+    token_id = on_file.issue(scopes=["a"]).info.id
+    on_file.revoke(token_id)
+    for command, verb in (("rotate", "rotated"), ("renew", "renewed")):
+        result = invoke(runner, command, token_id)
+        assert result.exit_code == 1
+        assert result.stderr == (
+            f"Error: token {token_id} is revoked; only a live token can be {verb}\n"
+        )

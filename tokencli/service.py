@@ -437,7 +437,8 @@ class TokenService:
             self._store.record([self._event(now, action, token_id, f"refused: {state}")])
             if record is None:
                 raise NotFoundError(f"no token {token_id}")
-            raise NotFoundError(f"token {token_id} is {state}; only a live token can be {action}ed")
+            done = {"renew": "renewed", "rotate": "rotated"}.get(action, action)
+            raise NotFoundError(f"token {token_id} is {state}; only a live token can be {done}")
         return record
 
     def renew(self, id_or_token: str, ttl_seconds: int) -> TokenInfo:
