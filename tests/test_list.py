@@ -19,7 +19,7 @@ from tokencli import api
 from tokencli.api import ApiConfig, Keys
 from tokencli.cli import app
 from tokencli.http11 import Request
-from tokencli.model import LIST_LIMIT_DEFAULT, TokenRecord
+from tokencli.model import EVERY_TOKEN, LIST_LIMIT_DEFAULT, TokenRecord, TokenState
 from tokencli.service import TokenService
 from tokencli.store.sqlite import SQLiteStore
 
@@ -441,3 +441,52 @@ def test_more_required_scopes_than_a_token_holds_match_nothing(
     status, payload = get(on_file, f"/app/tokens?{query}")
     assert (status, payload["tokens"]) == (200, [])
     assert on_file.show(issued.info.id).state.value == "valid"
+
+
+def stepped_back(service: TokenService, clock: Clock) -> tuple[str, str]:
+    """A revoked token and a used-up one, then the clock stepped back behind both."""
+    revoked = service.issue(ttl_seconds=3600).info.id
+    used = service.issue(uses=1, ttl_seconds=3600)
+    clock.advance(100)
+    service.revoke(revoked)
+    assert service.check(used.token).valid
+    clock.advance(-50)
+    return revoked, used.info.id
+
+
+def test_a_clock_stepped_back_lists_no_ended_token_as_live(
+    service: TokenService, clock: Clock
+) -> None:
+    """NTP may step a clock back: a token revoked (or used up) "in the future" is still
+    revoked (used up), and `list` must not show it among the live ones."""
+    revoked, used = stepped_back(service, clock)
+    assert list(service.list_tokens()) == []
+    every = {info.id: info.state for info in service.list_tokens(EVERY_TOKEN)}
+    assert every == {revoked: TokenState.REVOKED, used: TokenState.USED_UP}
+    status, payload = get(service, "/app/tokens")
+    assert (status, payload["tokens"]) == (200, [])
+    assert service.revoke_selected(EVERY_TOKEN, dry_run=True) == []
+
+
+STORE_LIVE_BY_ENDS_AT = (
+    "store (sqlite.py _STATE_SQL / counts / revoke_matching, postgres.py likewise): live is "
+    "'ends_at > now' alone, which a revocation or last use after now (clock stepped back) "
+    "passes; reported, not in this branch's files"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=STORE_LIVE_BY_ENDS_AT)
+def test_stats_after_a_clock_stepped_back_counts_no_ended_token_as_live(
+    service: TokenService, clock: Clock
+) -> None:
+    stepped_back(service, clock)
+    counts = service.stats().counts
+    assert (counts.live, counts.revoked, counts.used_up) == (0, 1, 1)
+
+
+@pytest.mark.xfail(strict=True, reason=STORE_LIVE_BY_ENDS_AT)
+def test_revoke_all_after_a_clock_stepped_back_revokes_no_ended_token(
+    service: TokenService, clock: Clock
+) -> None:
+    stepped_back(service, clock)
+    assert service.revoke_selected(EVERY_TOKEN._replace(states=None)) == []

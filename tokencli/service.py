@@ -405,9 +405,7 @@ class TokenService:
             missing.extend(NotFoundError(f"no token {i}") for i in named if i not in found)
             if live is not None:
                 chosen.extend(
-                    record.id
-                    for record in self._store.iter_tokens(live, now)
-                    if record.id not in found
+                    record.id for record in self.records(live, now) if record.id not in found
                 )
             return chosen, missing
         with self._store.transaction():
@@ -503,7 +501,14 @@ class TokenService:
             validate_positive("limit", selector.limit, 2**62)
         if matches_nothing(selector):
             return iter(())
-        return self._store.iter_tokens(selector, now)
+        rows = self._store.iter_tokens(selector, now)
+        states = selector.states
+        if states is None:
+            return rows
+        # The store selects "live" by the moment a token ended; behind a clock stepped
+        # back past a revocation or a last use, that moment is still to come. A token's
+        # state is what state_at says, so that is what the rows are held to.
+        return (record for record in rows if state_at(record, now) in states)
 
     def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens starting with `prefix`, for shell completion."""
