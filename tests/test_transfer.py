@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from tokencli import tokens
 from tokencli.cli import app
 from tokencli.errors import ConflictError, InvalidRequestError
-from tokencli.model import EVERY_TOKEN, TokenState
+from tokencli.model import BIDI_CONTROLS, EVERY_TOKEN, TokenState
 from tokencli.service import TokenService
 from tokencli.store.sqlite import SQLiteStore
 from tokencli.transfer import event_line, import_lines, token_line
@@ -479,3 +481,65 @@ def test_audit_shows_stored_event_text_literally(runner: CliRunner, db_path: Pat
     assert "\x1b" not in shown and "\x07" not in shown
     assert "\\x1b[31maction" in shown and "out\\x0acome" in shown
     assert len(shown.splitlines()) == 3
+
+
+ANY_CHARACTER = st.characters(codec=None, exclude_categories=()) | st.sampled_from(
+    ["\ud800", "\udfff", "\x00", "\x1b", "\x7f", "\x85", "\u202e", "\u2066", "\u200b", "a"]
+)
+
+
+def printable_by_the_label_rule(text: str) -> bool:
+    return not any(
+        unicodedata.category(character) in ("Cc", "Cs") or character in BIDI_CONTROLS
+        for character in text
+    )
+
+
+@FAST
+@given(
+    field=st.sampled_from(["action", "outcome", "source", "detail", "label", "token_id"]),
+    text=st.text(alphabet=ANY_CHARACTER, max_size=30),
+)
+def test_any_text_in_a_text_field_is_stored_or_refused_by_line(
+    service: TokenService, clock: Clock, field: str, text: str
+) -> None:
+    """Lone surrogates, controls, bidi marks: stored as given or refused with the line."""
+    line: dict[str, Any]
+    if field == "label":
+        line = {**token_line_of(tokens.new_id()), "label": text}
+    else:
+        line = {
+            "type": "event",
+            "at": "2026-01-01T00:00:00Z",
+            "action": "check",
+            "token_id": None,
+            "outcome": "valid",
+            "source": "cli",
+            "detail": None,
+            field: text,
+        }
+    events_before = len(service.audit(limit=100_000))
+    try:
+        import_lines(service, [json.dumps(line)])
+    except InvalidRequestError as error:
+        assert str(error).startswith("line 1: ")
+        assert len(service.audit(limit=100_000)) == events_before
+    else:
+        assert printable_by_the_label_rule(text)
+        stored = service.audit(limit=100_000)
+        assert stored[-1].action == "import"
+
+
+def token_line_of(token_id: str) -> dict[str, Any]:
+    return {
+        "type": "token",
+        "id": token_id,
+        "label": None,
+        "created_at": "2026-01-01T00:00:00Z",
+        "expires_at": "2026-01-02T00:00:00Z",
+        "uses_left": None,
+        "uses_limit": None,
+        "revoked_at": None,
+        "scopes": [],
+        "secret_hash": "sha256:" + "0" * 64,
+    }
