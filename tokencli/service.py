@@ -225,8 +225,10 @@ class TokenService:
 
         The verdict order is malformed, unknown, revoked, expired, used_up,
         insufficient_scope, valid. A token lacking a required scope takes no use. The
-        same single-use token presented twice is valid once. Each check is one audit
-        event. Costs a constant number of queries, whatever the number of tokens.
+        same single-use token presented twice is valid once, and every verdict is what
+        the checks one by one would have said. Each check is one audit event. The reads
+        cost a constant number of queries whatever the number of tokens; taking uses is
+        the store's consume_uses (on SQLite, a statement per use-limited token).
         """
         token_ids = [parse_presented(item.text) for item in presented]
         with self._store.transaction():
