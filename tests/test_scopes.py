@@ -602,3 +602,23 @@ def test_rotate_and_renew_of_an_ended_token_say_so_in_words(
         assert result.stderr == (
             f"Error: token {token_id} is revoked; only a live token can be {verb}\n"
         )
+
+
+def test_ten_thousand_scopes_in_a_query_string(
+    service: TokenService, serve: Callable[..., Served], db_path: Path
+) -> None:
+    token = service.issue(uses=1, scopes=["s1"]).token
+    query = "&".join(f"scope=s{n}" for n in range(10_000))
+    status, payload = http(service, "GET", f"/app/valid/{token}?{query}")
+    assert (status, payload["state"], payload["uses_left"]) == (200, "insufficient_scope", 1)
+    status, payload = http(service, "GET", f"/app/valid/{token}?{query}&scope=BAD")
+    assert status == 400
+    # Over the wire the request line is limited to 8 KiB: 414, and the token keeps its use.
+    store = SQLiteStore.open(db_path, create=True)
+    try:
+        on_disk = TokenService(store).issue(uses=1, scopes=["s1"]).token
+        served = serve()
+        assert served.request("GET", f"/app/valid/{on_disk}?{query}")[0] == 414
+        assert TokenService(store).show(on_disk).uses_left == 1
+    finally:
+        store.close()
