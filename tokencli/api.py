@@ -29,12 +29,13 @@ from tokencli.model import (
     DEFAULT_TTL_SECONDS,
     LIST_LIMIT_DEFAULT,
     LIST_LIMIT_MAX,
+    MAX_SCOPES,
     STORED_STATES,
     CheckResult,
     TokenFilter,
     TokenState,
 )
-from tokencli.rules import validate_positive, validate_scopes, validate_ttl
+from tokencli.rules import expiry_horizon, validate_positive, validate_scopes
 from tokencli.service import Presented, TokenService
 
 JSON = "application/json"
@@ -154,12 +155,14 @@ def _json_object(body: bytes, allowed: set[str]) -> dict[str, Any]:
     return payload
 
 
-def _scope_list(value: object) -> tuple[str, ...]:
+def _scope_list(value: object, *, limit: int | None) -> tuple[str, ...]:
+    """A body's "scopes": held by a new token (at most `limit`) or required by a check
+    (any number: more than a token holds is simply insufficient_scope)."""
     if value is None:
         return ()
     if not isinstance(value, list):
         raise InvalidRequestError("scopes must be an array of scope names")
-    return validate_scopes(value)
+    return validate_scopes(value, limit=limit)
 
 
 # -- key checks --------------------------------------------------------------------------
@@ -231,7 +234,7 @@ def issue_options(body: bytes) -> dict[str, Any]:
         "ttl_seconds": _ttl_seconds(payload.get("ttl")),
         "label": label,
         "uses": uses,
-        "scopes": _scope_list(payload.get("scopes")),
+        "scopes": _scope_list(payload.get("scopes"), limit=MAX_SCOPES),
     }
 
 
@@ -254,7 +257,7 @@ def _presented_in_path(request: Request, params: dict[str, str]) -> Presented:
         body_token = payload.get("token")
         if body_token is not None and body_token != token:
             raise HttpError(HTTPStatus.BAD_REQUEST, "the body's token differs from the path's")
-        scopes = tuple(sorted({*scopes, *_scope_list(payload.get("scopes"))}))
+        scopes = tuple(sorted({*scopes, *_scope_list(payload.get("scopes"), limit=None)}))
     return Presented(token, scopes)
 
 
@@ -263,7 +266,9 @@ def _presented_in_body(request: Request, params: dict[str, str]) -> Presented:
     token = payload.get("token")
     if not isinstance(token, str):
         raise HttpError(HTTPStatus.BAD_REQUEST, 'send {"token": "ID:SECRET"} in the body')
-    scopes = tuple(sorted({*_query_scopes(request), *_scope_list(payload.get("scopes"))}))
+    scopes = tuple(
+        sorted({*_query_scopes(request), *_scope_list(payload.get("scopes"), limit=None)})
+    )
     return Presented(token, scopes)
 
 
@@ -348,9 +353,12 @@ def list_filter(request: Request, now: int) -> TokenFilter:
         validate_positive("limit", limit, LIST_LIMIT_MAX)
     within = one("expiring_within")
     try:
-        expires_by = None if within is None else now + validate_ttl(parse_duration(within))
+        within_seconds = None if within is None else parse_duration(within)
     except DurationError as error:
-        raise InvalidRequestError(str(error)) from None
+        raise InvalidRequestError(f"expiring_within: {error}") from None
+    expires_by = (
+        None if within_seconds is None else expiry_horizon(now, within_seconds, "expiring_within")
+    )
     return TokenFilter(
         states=states,
         label=one("label"),
@@ -516,17 +524,21 @@ def answer_batch(
         if not group:
             return
         assert service is not None
+        judged = group.copy()
+        group.clear()  # first: whatever happens below, these are never judged again
         try:
-            results = service.check_many([presented for _, _, presented in group])
+            results = service.check_many([presented for _, _, presented in judged])
         except Exception as error:  # every check in the group shares one statement
-            for index, template, _ in group:
+            for index, template, _ in judged:
                 answers[index] = _failure(error, template, config)
-        else:
-            for (index, template, _), result in zip(group, results, strict=True):
+            return
+        for (index, template, _), result in zip(judged, results, strict=True):
+            try:  # rendered one by one: a fault in one answer is that request's alone
                 answers[index] = verdict_answer(result, template)
                 if config.counters is not None:
                     config.counters.count_verdict(result.state.value)
-        group.clear()
+            except Exception as error:
+                answers[index] = _failure(error, template, config)
 
     for index, request in enumerate(requests):
         template = "unmatched"
@@ -546,7 +558,11 @@ def answer_batch(
         except Exception as error:
             answers[index] = _failure(error, template, config)
     judge_group()
-    return [answer for answer in answers if answer is not None]
+    # Every request has its answer, in its place: the server pairs them by position.
+    return [
+        answer if answer is not None else _failure(AssertionError(), "unmatched", config)
+        for answer in answers
+    ]
 
 
 def answer(service: TokenService | None, request: Request, config: ApiConfig) -> Answer:

@@ -152,11 +152,12 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
 
 
 def _event_cells(event: AuditEvent) -> tuple[str, ...]:
+    # Every cell literally: an import or another tool may have written the trail.
     return (
-        event.action,
-        event.token_id or "-",
-        event.outcome,
-        event.source,
+        literal(event.action),
+        literal(event.token_id or "-"),
+        literal(event.outcome),
+        literal(event.source),
         literal(event.detail or ""),
     )
 

@@ -16,6 +16,7 @@ from tokencli.model import (
     MAX_SCOPES,
     MAX_TTL_SECONDS,
     SCOPE_PATTERN,
+    TokenFilter,
     TokenInfo,
     TokenRecord,
     TokenState,
@@ -54,12 +55,20 @@ def validate_label(label: str | None) -> str | None:
         raise InvalidRequestError(
             f"label is {len(label)} characters long; the limit is {MAX_LABEL_LENGTH}"
         )
-    for character in label:
+    return validate_printable(label, "label")
+
+
+def validate_printable(text: str, name: str) -> str:
+    """Return `text` if it holds no control, surrogate or bidi character; else refuse it.
+
+    Such text would display as something it is not (or not be storable at all).
+    """
+    for character in text:
         if unicodedata.category(character) in ("Cc", "Cs") or character in BIDI_CONTROLS:
             raise InvalidRequestError(
-                f"label holds a control character ({character!r}); use printable text"
+                f"{name} holds a control character ({character!r}); use printable text"
             )
-    return label
+    return text
 
 
 def validate_ttl(ttl_seconds: int) -> int:
@@ -69,6 +78,16 @@ def validate_ttl(ttl_seconds: int) -> int:
     if ttl_seconds > MAX_TTL_SECONDS:
         raise InvalidRequestError("TTL is too large; the limit is 3650d (about 10 years)")
     return ttl_seconds
+
+
+def expiry_horizon(now: int, within_seconds: int, name: str = "--expiring-within") -> int:
+    """The latest expiry a list filter keeps: `within_seconds` from now, which must be
+    positive and at most 3650 days (no token lives longer), else InvalidRequestError."""
+    if within_seconds <= 0:
+        raise InvalidRequestError(f"{name} must be positive, e.g. 1d")
+    if within_seconds > MAX_TTL_SECONDS:
+        raise InvalidRequestError(f"{name} is too large; the limit is 3650d")
+    return now + within_seconds
 
 
 def validate_positive(name: str, value: int | None, limit: int) -> None:
@@ -97,6 +116,15 @@ def validate_scopes(names: Iterable[object], *, limit: int | None = MAX_SCOPES) 
     if limit is not None and len(unique) > limit:
         raise InvalidRequestError(f"{len(unique)} scopes; a token holds at most {limit}")
     return tuple(unique)
+
+
+def matches_nothing(selector: TokenFilter) -> bool:
+    """True for a filter no token can meet: it requires more scopes than a token holds.
+
+    Checked before a query, so a list asking for thousands of scopes is answered (empty)
+    rather than sent to the database as thousands of conditions.
+    """
+    return len(set(selector.scopes)) > MAX_SCOPES
 
 
 def lacks_scopes(record: TokenRecord, required: tuple[str, ...]) -> bool:

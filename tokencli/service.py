@@ -42,6 +42,7 @@ from tokencli.rules import (
     info,
     lacks_scopes,
     lifetime,
+    matches_nothing,
     renewed_expiry,
     state_at,
     validate_label,
@@ -224,8 +225,10 @@ class TokenService:
 
         The verdict order is malformed, unknown, revoked, expired, used_up,
         insufficient_scope, valid. A token lacking a required scope takes no use. The
-        same single-use token presented twice is valid once. Each check is one audit
-        event. Costs a constant number of queries, whatever the number of tokens.
+        same single-use token presented twice is valid once, and every verdict is what
+        the checks one by one would have said. Each check is one audit event. The reads
+        cost a constant number of queries whatever the number of tokens; taking uses is
+        the store's consume_uses (on SQLite, a statement per use-limited token).
         """
         token_ids = [parse_presented(item.text) for item in presented]
         with self._store.transaction():
@@ -237,6 +240,10 @@ class TokenService:
             for item, token_id in zip(presented, token_ids, strict=True):
                 record = records.get(token_id) if token_id is not None else None
                 state = self._judge(item, token_id, record, now)
+                if state is TokenState.UNKNOWN:
+                    # A stored ID with a wrong secret: whoever holds only the ID learns
+                    # nothing of that token (label, scopes, uses), here or in the trail.
+                    record = None
                 if (
                     state is TokenState.VALID
                     and record is not None
@@ -273,12 +280,20 @@ class TokenService:
         granted: dict[str, tuple[int, int]],
         now: int,
     ) -> list[CheckResult]:
-        """Give the uses the store granted to the checks that asked, first come first."""
+        """Give the uses the store granted to the checks that asked, first come first.
+
+        Each verdict is what a check one by one would have said: a check lacking a scope
+        sees the uses the earlier checks of the batch left (and `used_up` if none).
+        """
         handed: Counter[str] = Counter()
+        ended: dict[str, CheckResult] = {}  # tokens an earlier check found used up (or worse)
         results = []
         for state, record in verdicts:
             if record is None:
                 results.append(CheckResult(state))
+                continue
+            if state is TokenState.INSUFFICIENT_SCOPE and record.uses_left is not None:
+                results.append(ended.get(record.id) or self._lacking(record, granted, handed))
                 continue
             if state is not TokenState.VALID or record.uses_left is None:
                 results.append(CheckResult(state, info(record, state)))
@@ -298,8 +313,24 @@ class TokenService:
             if late is TokenState.VALID:
                 late = TokenState.USED_UP
             current = fresh if fresh is not None else record._replace(uses_left=0)
-            results.append(CheckResult(late, info(current, late)))
+            ended[record.id] = CheckResult(late, info(current, late))
+            results.append(ended[record.id])
         return results
+
+    @staticmethod
+    def _lacking(
+        record: TokenRecord, granted: dict[str, tuple[int, int]], handed: Counter[str]
+    ) -> CheckResult:
+        """The verdict on a use-limited token lacking a scope, after the uses handed out
+        so far in this batch: insufficient_scope, or used_up once none is left."""
+        uses_left = record.uses_left
+        if handed[record.id]:
+            count, left_after = granted[record.id]
+            uses_left = left_after + (count - handed[record.id])
+        state = TokenState.INSUFFICIENT_SCOPE
+        if uses_left is not None and uses_left <= 0:
+            state = TokenState.USED_UP
+        return CheckResult(state, info(record, state)._replace(uses_left=uses_left))
 
     # -- show, revoke, renew, rotate ------------------------------------------------------
 
@@ -342,17 +373,61 @@ class TokenService:
 
         A dry run returns the IDs it would revoke and changes nothing.
         """
+        return self.revoke_many((), selector, dry_run=dry_run)[0]
+
+    def revoke_many(
+        self,
+        names: Sequence[str],
+        selector: TokenFilter | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> tuple[list[str], list[NotFoundError]]:
+        """Revoke the named tokens (IDs or whole tokens) and every live token the selector
+        matches, all in one transaction, one audit event per token.
+
+        Returns the IDs revoked, each once (the named first, then the selected, oldest
+        first), and a NotFoundError per name that is not there; the others are revoked
+        regardless. A dry run returns what it would do and changes nothing.
+        """
+        missing: list[NotFoundError] = []
+        named: list[str] = []
+        for name in names:
+            try:
+                named.append(self.resolve_id(name))
+            except NotFoundError as error:
+                missing.append(error)
+        named = list(dict.fromkeys(named))
+        live = None if selector is None else selector._replace(states=LIVE.states, limit=None)
+        if live is not None and matches_nothing(live):
+            live = None
         if dry_run:
             now = self.now()
-            live = selector._replace(states=LIVE.states, limit=None)
-            return [record.id for record in self._store.iter_tokens(live, now)]
+            found = self._store.get_many(named) if named else {}
+            chosen = [token_id for token_id in named if token_id in found]
+            missing.extend(NotFoundError(f"no token {i}") for i in named if i not in found)
+            if live is not None:
+                chosen.extend(
+                    record.id for record in self.records(live, now) if record.id not in found
+                )
+            return chosen, missing
         with self._store.transaction():
             now = self.now()
-            revoked = self._store.revoke_matching(selector, now)
-            self._store.record(
-                [self._event(now, "revoke", token_id, "revoked") for token_id in revoked]
-            )
-        return revoked
+            revoked: list[str] = []
+            events: list[AuditEvent] = []
+            for token_id in named:
+                if self._store.revoke(token_id, now):
+                    revoked.append(token_id)
+                    events.append(self._event(now, "revoke", token_id, "revoked"))
+                else:
+                    missing.append(NotFoundError(f"no token {token_id}"))
+                    events.append(self._event(now, "revoke", token_id, "not_found"))
+            if live is not None:
+                # The named ones are revoked already, so no longer live: none comes twice.
+                selected = self._store.revoke_matching(live, now)
+                revoked.extend(selected)
+                events.extend(self._event(now, "revoke", i, "revoked") for i in selected)
+            self._store.record(events)
+        return revoked, missing
 
     def _live_record(self, action: str, token_id: str, now: int) -> TokenRecord:
         """The record of a live token, or NotFoundError (with its audit event recorded)."""
@@ -362,7 +437,8 @@ class TokenService:
             self._store.record([self._event(now, action, token_id, f"refused: {state}")])
             if record is None:
                 raise NotFoundError(f"no token {token_id}")
-            raise NotFoundError(f"token {token_id} is {state}; only a live token can be {action}ed")
+            done = {"renew": "renewed", "rotate": "rotated"}.get(action, action)
+            raise NotFoundError(f"token {token_id} is {state}; only a live token can be {done}")
         return record
 
     def renew(self, id_or_token: str, ttl_seconds: int) -> TokenInfo:
@@ -417,11 +493,24 @@ class TokenService:
 
     def list_tokens(self, selector: TokenFilter = LIVE) -> Iterator[TokenInfo]:
         """The tokens the selector matches, oldest first, streamed from the store."""
+        now = self.now()
+        for record in self.records(selector, now):
+            yield info(record, state_at(record, now))
+
+    def records(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
+        """The stored tokens the selector matches at `now`, oldest first, streamed."""
         if selector.limit is not None:
             validate_positive("limit", selector.limit, 2**62)
-        now = self.now()
-        for record in self._store.iter_tokens(selector, now):
-            yield info(record, state_at(record, now))
+        if matches_nothing(selector):
+            return iter(())
+        rows = self._store.iter_tokens(selector, now)
+        states = selector.states
+        if states is None:
+            return rows
+        # The store selects "live" by the moment a token ended; behind a clock stepped
+        # back past a revocation or a last use, that moment is still to come. A token's
+        # state is what state_at says, so that is what the rows are held to.
+        return (record for record in rows if state_at(record, now) in states)
 
     def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens starting with `prefix`, for shell completion."""

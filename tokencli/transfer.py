@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from tokencli import tokens
 from tokencli.errors import ConflictError, InvalidRequestError
 from tokencli.model import MAX_USES, AuditEvent, TokenFilter, TokenRecord
-from tokencli.rules import validate_label, validate_scopes
+from tokencli.rules import validate_label, validate_printable, validate_scopes
 from tokencli.service import TokenService
 
 FORMAT_TOKEN = "token"
@@ -92,7 +92,7 @@ def export_objects(
 ) -> Iterator[dict[str, Any]]:
     """The tokens the selector matches, then (with `audit`) every audit event; streamed."""
     now = service.now()
-    for record in service.store.iter_tokens(selector, now):
+    for record in service.records(selector, now):
         yield token_line(record)
     if audit:
         for event in service.store.iter_events():
@@ -264,8 +264,10 @@ def _event(item: dict[str, Any]) -> AuditEvent:
         value = _text(item[name], name)
         if not value or len(value) > 64:
             raise InvalidRequestError(f"{name} must be a non-empty string of at most 64 characters")
-        fields.append(value)
+        fields.append(validate_printable(value, name))
     detail = _text(item.get("detail"), "detail")
     if detail is not None and len(detail) > 1000:
         raise InvalidRequestError("detail is longer than 1000 characters")
+    if detail is not None:
+        validate_printable(detail, "detail")
     return AuditEvent(at, fields[0], token_id, fields[1], fields[2], detail)

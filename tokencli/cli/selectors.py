@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from tokencli.errors import InvalidRequestError
 from tokencli.model import STORED_STATES, TokenFilter, TokenState
-from tokencli.rules import validate_positive, validate_scopes
+from tokencli.rules import expiry_horizon, validate_positive, validate_scopes
 
 STATE_NAMES = tuple(state.value for state in STORED_STATES)
 
@@ -39,11 +39,13 @@ def list_filter(
     label: str | None,
     scopes: Sequence[str] | None,
     states: Sequence[str] | None,
-    expires_by: int | None,
+    expiring_within: int | None,
     limit: int | None,
+    now: int,
 ) -> TokenFilter:
     """The filter of `list` and `export`: live tokens unless --all or --state say more."""
     validate_positive("limit", limit, 2**62)
+    expires_by = None if expiring_within is None else expiry_horizon(now, expiring_within)
     chosen: frozenset[TokenState] | None
     if states:
         chosen = parse_states(states)

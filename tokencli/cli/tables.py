@@ -89,7 +89,8 @@ def list_tokens(
                 label=label,
                 scopes=scope,
                 states=state,
-                expires_by=None if expiring_within is None else now + expiring_within,
+                expiring_within=expiring_within,
+                now=now,
                 limit=limit,
             )
             rows = listing.list_tokens(selector)
@@ -240,7 +241,8 @@ def export(
             label=label,
             scopes=scope,
             states=state,
-            expires_by=None if expiring_within is None else now + expiring_within,
+            expiring_within=expiring_within,
+            now=now,
             limit=limit,
         )
         output.write_json_lines(sys.stdout, export_objects(exporting, selector, audit=audit_events))

@@ -253,26 +253,30 @@ def revoke(
         if all_tokens and selector is None:
             selector = selector_options_filter(everything=True)
         if all_tokens and not yes and not dry_run and sys.stdin.isatty():
-            if not typer.confirm("Revoke every live token?", default=False, err=True):
+            if not _confirmed("Revoke every live token?"):
                 raise typer.Exit(int(ExitStatus.OK))
         with service(ctx, create=not dry_run, read_only=dry_run) as revoking:
-            verb = "would revoke" if dry_run else "revoked"
-            missing = 0
-            for id_or_token in ids or ():
-                try:
-                    token_id = (
-                        revoking.show(id_or_token).id if dry_run else revoking.revoke(id_or_token)
-                    )
-                except NotFoundError as failure:
-                    error(str(failure))
-                    missing += 1
-                    continue
-                output.write_line(f"{verb} {token_id}")
-            if selector is not None:
-                for token_id in revoking.revoke_selected(selector, dry_run=dry_run):
-                    output.write_line(f"{verb} {token_id}")
+            revoked, missing = revoking.revoke_many(ids or (), selector, dry_run=dry_run)
+        for failure in missing:
+            error(str(failure))
+        verb = "would revoke" if dry_run else "revoked"
+        sys.stdout.write("".join(f"{verb} {token_id}\n" for token_id in revoked))
         if missing:
             raise typer.Exit(int(ExitStatus.NOT_VALID))
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on stderr and read the answer from the terminal; only y or yes is yes.
+
+    Not click's prompt: it turns Ctrl-C into "Aborted!" and exit 1, where Ctrl-C is 130
+    everywhere else (`exit_codes()` maps the KeyboardInterrupt). End of input is no.
+    """
+    sys.stderr.write(f"{question} [y/N]: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline(256)
+    if not answer:
+        sys.stderr.write("\n")
+    return answer.strip().lower() in ("y", "yes")
 
 
 @app.command()
