@@ -468,14 +468,6 @@ def test_a_clock_stepped_back_lists_no_ended_token_as_live(
     assert service.revoke_selected(EVERY_TOKEN, dry_run=True) == []
 
 
-STORE_LIVE_BY_ENDS_AT = (
-    "store (sqlite.py _STATE_SQL / counts / revoke_matching, postgres.py likewise): live is "
-    "'ends_at > now' alone, which a revocation or last use after now (clock stepped back) "
-    "passes; reported, not in this branch's files"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STORE_LIVE_BY_ENDS_AT)
 def test_stats_after_a_clock_stepped_back_counts_no_ended_token_as_live(
     service: TokenService, clock: Clock
 ) -> None:
@@ -484,7 +476,6 @@ def test_stats_after_a_clock_stepped_back_counts_no_ended_token_as_live(
     assert (counts.live, counts.revoked, counts.used_up) == (0, 1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_LIVE_BY_ENDS_AT)
 def test_revoke_all_after_a_clock_stepped_back_revokes_no_ended_token(
     service: TokenService, clock: Clock
 ) -> None:

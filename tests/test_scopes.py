@@ -622,3 +622,15 @@ def test_ten_thousand_scopes_in_a_query_string(
         assert TokenService(store).show(on_disk).uses_left == 1
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("query", ["scopes=admin", "Scope=admin", "scope=admin&x=1"])
+def test_a_mistyped_scope_parameter_is_refused_not_ignored(
+    serve: Callable[..., Served], query: str
+) -> None:
+    served = serve()
+    token = served.request("POST", "/app/token", body='{"uses": 1}')[2]["token"]
+    status, _, payload = served.request("GET", f"/app/valid/{token}?{query}")
+    assert status == 400 and "unknown query parameter" in payload["detail"]
+    # The single use is still there: the refused request took nothing.
+    assert served.request("GET", f"/app/valid/{token}")[2]["state"] == "valid"

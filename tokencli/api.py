@@ -245,7 +245,17 @@ def _issue(call: Call) -> Answer:
     return json_answer(HTTPStatus.OK, {"status_code": 200, "token": issued.token})
 
 
+def refuse_unknown_parameters(request: Request, known: set[str]) -> None:
+    """400 for a query parameter the route does not take: a typo such as `?scopes=admin`
+    must not silently drop a requirement."""
+    unknown = set(request.query) - known
+    if unknown:
+        names = ", ".join(sorted(output.literal(name)[:40] for name in unknown))
+        raise InvalidRequestError(f"unknown query parameter(s): {names}")
+
+
 def _query_scopes(request: Request) -> tuple[str, ...]:
+    refuse_unknown_parameters(request, {"scope"})
     return validate_scopes(request.query.get("scope", ()), limit=None)
 
 
@@ -322,10 +332,7 @@ _LIST_PARAMETERS = {"label", "scope", "state", "expiring_within", "limit", "all"
 def list_filter(request: Request, now: int) -> TokenFilter:
     """GET /app/tokens' query parameters as a filter (live tokens unless told otherwise)."""
     query = request.query
-    unknown = set(query) - _LIST_PARAMETERS
-    if unknown:
-        names = ", ".join(sorted(output.literal(name)[:40] for name in unknown))
-        raise InvalidRequestError(f"unknown query parameter(s): {names}")
+    refuse_unknown_parameters(request, _LIST_PARAMETERS)
 
     def one(name: str) -> str | None:
         values = query.get(name)

@@ -4,8 +4,8 @@ Opening and checking the file is `sqlite_open.py`; the schema is `sqlite_schema.
 server's background upkeep is `sqlite_backend.py`. This module is the queries.
 
 Each row carries `ends_at`: the moment it stops being usable (expiry, revocation or
-last use). Purge is then one indexed `DELETE ... WHERE ends_at <= now`, and "live" is
-`ends_at > now`.
+last use). Purge is then one indexed `DELETE ... WHERE ends_at <= now`, and "live" starts
+from `ends_at > now` (see _LIVE).
 """
 
 from __future__ import annotations
@@ -31,9 +31,15 @@ _INSERT_TOKEN = (
     "INSERT {verb} INTO tokens (id, label, created_at, expires_at, uses_left, revoked_at,"
     " secret_hash, uses_limit, scopes, ends_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Live: `ends_at > now` picks the rows through the index; the rest keeps out a token
+# revoked or used up "in the future" of a clock that stepped back.
+_LIVE = (
+    "(ends_at > {now} AND revoked_at IS NULL AND expires_at > {now}"
+    " AND (uses_left IS NULL OR uses_left > 0))"
+)
 # The states of a stored token as SQL, in the precedence the service gives them.
 _STATE_SQL = {
-    TokenState.VALID: "ends_at > :now",
+    TokenState.VALID: _LIVE.format(now=":now"),
     TokenState.REVOKED: "revoked_at IS NOT NULL",
     TokenState.EXPIRED: "(revoked_at IS NULL AND expires_at <= :now)",
     TokenState.USED_UP: "(revoked_at IS NULL AND expires_at > :now AND uses_left <= 0)",
@@ -368,8 +374,8 @@ class SQLiteStore:
     def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens whose ID starts with `prefix`, for shell completion."""
         rows = self._rows(
-            "SELECT id, label FROM tokens WHERE ends_at > ? AND id >= ? AND id < ?"
-            " ORDER BY id LIMIT ?",
+            f"SELECT id, label FROM tokens WHERE {_LIVE.format(now='?1')} AND id >= ?2 AND id < ?3"
+            " ORDER BY id LIMIT ?4",
             (now, prefix, prefix + "\U0010ffff", limit),
         )
         return [(str(row[0]), row[1]) for row in rows]
@@ -379,7 +385,8 @@ class SQLiteStore:
         names: set[str] = set()
         with self._errors():
             cursor = self._connection.execute(
-                "SELECT DISTINCT scopes FROM tokens WHERE ends_at > ? AND scopes != ''", (now,)
+                f"SELECT DISTINCT scopes FROM tokens WHERE {_LIVE.format(now='?1')} AND scopes != ''",
+                (now,),
             )
             for (joined,) in cursor:
                 names.update(name for name in joined.split() if name.startswith(prefix))
@@ -397,11 +404,11 @@ class SQLiteStore:
         """Tokens by condition in one pass, and the audit trail's size and oldest event."""
         row = self._rows(
             "SELECT"
-            " coalesce(sum(ends_at > ?1), 0),"
+            f" coalesce(sum({_LIVE.format(now='?1')}), 0),"
             " coalesce(sum(revoked_at IS NULL AND expires_at <= ?1), 0),"
             " coalesce(sum(revoked_at IS NULL AND expires_at > ?1 AND uses_left <= 0), 0),"
             " coalesce(sum(revoked_at IS NOT NULL), 0),"
-            " min(CASE WHEN ends_at > ?1 THEN expires_at END)"
+            f" min(CASE WHEN {_LIVE.format(now='?1')} THEN expires_at END)"
             " FROM tokens",
             (now,),
         )[0]
