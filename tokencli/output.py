@@ -214,18 +214,23 @@ def _plain_row(info: TokenInfo) -> str:
     )
 
 
-def write_plain_table(stream: TextIO, tokens: Iterable[TokenInfo]) -> None:
-    """Tab-separated rows under a header line, for pipes and scripts; streamed, so a
-    million rows cost no more memory than ten."""
-    stream.write("\t".join(TABLE_HEADERS) + "\n")
+def write_lines(stream: TextIO, lines: Iterable[str]) -> None:
+    """Write lines a thousand at a time: few writes, and memory flat whatever the count."""
     chunk: list[str] = []
-    for info in tokens:
-        chunk.append(_plain_row(info))
+    for line in lines:
+        chunk.append(line)
         if len(chunk) >= 1000:
             stream.write("\n".join(chunk) + "\n")
             chunk.clear()
     if chunk:
         stream.write("\n".join(chunk) + "\n")
+
+
+def write_plain_table(stream: TextIO, tokens: Iterable[TokenInfo]) -> None:
+    """Tab-separated rows under a header line, for pipes and scripts; streamed, so a
+    million rows cost no more memory than ten."""
+    stream.write("\t".join(TABLE_HEADERS) + "\n")
+    write_lines(stream, map(_plain_row, tokens))
 
 
 def write_json_array(stream: TextIO, items: Iterable[dict[str, Any]]) -> None:
@@ -248,15 +253,7 @@ def write_json_lines(stream: TextIO, items: Iterable[dict[str, Any]]) -> None:
     """One JSON object per line, streamed."""
     import json
 
-    encode = json.JSONEncoder().encode
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(encode(item))
-        if len(chunk) >= 1000:
-            stream.write("\n".join(chunk) + "\n")
-            chunk.clear()
-    if chunk:
-        stream.write("\n".join(chunk) + "\n")
+    write_lines(stream, map(json.JSONEncoder().encode, items))
 
 
 def write_rich_table(stream: TextIO, tokens: Iterable[TokenInfo], now: int) -> None:

@@ -385,7 +385,8 @@ class SQLiteStore:
         names: set[str] = set()
         with self._errors():
             cursor = self._connection.execute(
-                f"SELECT DISTINCT scopes FROM tokens WHERE {_LIVE.format(now='?1')} AND scopes != ''",
+                f"SELECT DISTINCT scopes FROM tokens WHERE {_LIVE.format(now='?1')}"
+                " AND scopes != ''",
                 (now,),
             )
             for (joined,) in cursor:
