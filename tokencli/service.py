@@ -12,15 +12,12 @@ corrected clock brings them back.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from tokencli import tokens
 from tokencli.errors import InvalidRequestError, NotFoundError
-from tokencli.location import Location
 from tokencli.model import (
     DEFAULT_AUDIT_RETENTION_SECONDS,
     DEFAULT_TTL_SECONDS,
@@ -32,12 +29,12 @@ from tokencli.model import (
     CheckResult,
     IssuedToken,
     PurgeResult,
-    Stats,
     TokenFilter,
     TokenInfo,
     TokenRecord,
     TokenState,
 )
+from tokencli.reader import TokenReader, parse_presented
 from tokencli.rules import (
     info,
     lacks_scopes,
@@ -50,7 +47,7 @@ from tokencli.rules import (
     validate_scopes,
     validate_ttl,
 )
-from tokencli.store import IdCollisionError, Store, open_store
+from tokencli.store import IdCollisionError
 
 # Tokens are committed (and only then shown) in batches this large, so a huge --count
 # neither holds every plaintext in memory nor prints a token that was never stored.
@@ -65,65 +62,14 @@ class Presented(NamedTuple):
     scopes: tuple[str, ...] = ()
 
 
-def parse_presented(text: str) -> str | None:
-    """The token ID of a well-formed token, or None for a malformed one."""
-    try:
-        return tokens.parse(text)
-    except tokens.MalformedTokenError:
-        return None
-
-
-class TokenService:
-    """Issue, check, show, revoke, renew, rotate, list and purge tokens in one store.
+class TokenService(TokenReader):
+    """Issue, check, revoke, renew, rotate and purge tokens in one store (and, as a
+    TokenReader, show, list, count and audit them).
 
     Every action that changes something appends one audit event per token it touches, in
     the same transaction as the change, tagged with `source` ("cli" or "http"). Events
     hold IDs and outcomes, never a secret. Looking (`show`, `list`) writes nothing.
     """
-
-    def __init__(
-        self, store: Store, clock: Callable[[], float] = time.time, *, source: str = "cli"
-    ) -> None:
-        self._store = store
-        self._clock = clock
-        self._source = source
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(
-        cls,
-        location: Location,
-        *,
-        create: bool,
-        read_only: bool = False,
-        clock: Callable[[], float] = time.time,
-        source: str = "cli",
-    ) -> Iterator[TokenService]:
-        """The service over the database at `location`, closed when the block ends.
-
-        Without `create`, a missing database reads as empty and nothing is created;
-        `read_only` is for commands that only read, so a file the user may only read is
-        fine.
-        """
-        store = open_store(location, create=create, read_only=read_only)
-        try:
-            yield cls(store, clock, source=source)
-        finally:
-            store.close()
-
-    @property
-    def store(self) -> Store:
-        """The store this service works on."""
-        return self._store
-
-    @property
-    def source(self) -> str:
-        """Where this service's actions come from in the audit trail ("cli" or "http")."""
-        return self._source
-
-    def now(self) -> int:
-        """The current time in whole UTC epoch seconds."""
-        return int(self._clock())
 
     def _event(
         self, now: int, action: str, token_id: str | None, outcome: str, detail: str | None = None
@@ -334,27 +280,6 @@ class TokenService:
 
     # -- show, revoke, renew, rotate ------------------------------------------------------
 
-    def resolve_id(self, id_or_token: str) -> str:
-        """Return the token ID named by a bare ID or a full token, or raise NotFoundError."""
-        candidate = tokens.strip(id_or_token)
-        if tokens.is_token_id(candidate):
-            return candidate
-        token_id = parse_presented(candidate)
-        if token_id is None:
-            raise NotFoundError(f"{_shown(candidate)} is neither a token ID nor a token")
-        record = self._store.get(token_id)
-        if record is None or not tokens.matches(candidate, record.secret_hash):
-            raise NotFoundError(f"no token {token_id}")
-        return token_id
-
-    def show(self, id_or_token: str) -> TokenInfo:
-        """A token's public fields and state; takes no use and writes nothing."""
-        token_id = self.resolve_id(id_or_token)
-        record = self._store.get(token_id)
-        if record is None:
-            raise NotFoundError(f"no token {token_id}")
-        return info(record, state_at(record, self.now()))
-
     def revoke(self, id_or_token: str) -> str:
         """Revoke one token by ID or full token; return its ID or raise NotFoundError."""
         token_id = self.resolve_id(id_or_token)
@@ -491,35 +416,6 @@ class TokenService:
 
     # -- list, purge, stats, audit ---------------------------------------------------------
 
-    def list_tokens(self, selector: TokenFilter = LIVE) -> Iterator[TokenInfo]:
-        """The tokens the selector matches, oldest first, streamed from the store."""
-        now = self.now()
-        for record in self.records(selector, now):
-            yield info(record, state_at(record, now))
-
-    def records(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
-        """The stored tokens the selector matches at `now`, oldest first, streamed."""
-        if selector.limit is not None:
-            validate_positive("limit", selector.limit, 2**62)
-        if matches_nothing(selector):
-            return iter(())
-        rows = self._store.iter_tokens(selector, now)
-        states = selector.states
-        if states is None:
-            return rows
-        # The store selects "live" by the moment a token ended; behind a clock stepped
-        # back past a revocation or a last use, that moment is still to come. A token's
-        # state is what state_at says, so that is what the rows are held to.
-        return (record for record in rows if state_at(record, now) in states)
-
-    def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
-        """(ID, label) of live tokens starting with `prefix`, for shell completion."""
-        return self._store.live_ids(self.now(), prefix, limit)
-
-    def scopes_in_use(self, prefix: str = "", limit: int = 200) -> list[str]:
-        """Scope names held by live tokens, starting with `prefix`, for shell completion."""
-        return self._store.scopes_in_use(self.now(), prefix, limit)
-
     def purge(
         self,
         *,
@@ -541,26 +437,3 @@ class TokenService:
             detail = f"{purged} tokens" + (f", {dropped} audit events" if dropped else "")
             self._store.record([self._event(now, "purge", None, "purged", detail)])
         return PurgeResult(purged, dry_run=False, audit_events_dropped=dropped)
-
-    def ping(self) -> None:
-        """Raise StorageError unless the database can be read."""
-        self._store.ping()
-
-    def stats(self) -> Stats:
-        """Counts by condition, the next expiry, the audit trail, the database and size."""
-        return Stats(self._store.counts(self.now()), self._store.location, self._store.size_bytes())
-
-    def audit(
-        self, *, since_seconds: int | None = None, token_id: str | None = None, limit: int = 100
-    ) -> list[AuditEvent]:
-        """The newest `limit` audit events, oldest first, optionally within `since_seconds`
-        and for one token."""
-        validate_positive("limit", limit, MAX_COUNT)
-        since = None if since_seconds is None else self.now() - since_seconds
-        return self._store.events(since=since, token_id=token_id, limit=limit)
-
-
-def _shown(text: str) -> str:
-    """Text safe to echo in an error: never a whole would-be secret, never escapes."""
-    clipped = text if len(text) <= 16 else text[:12] + "..."
-    return repr(clipped)
