@@ -14,6 +14,8 @@ from tokencli.service import TokenService
 
 from support import START, Clock
 
+pytestmark = pytest.mark.stores("sqlite", "postgres")
+
 
 def test_renew_extends_a_live_token(service: TokenService, clock: Clock) -> None:
     issued = service.issue(ttl_seconds=60)
