@@ -316,6 +316,30 @@ def test_purge_reports_and_is_quiet_when_nothing_to_do(
     assert len(json.loads(runner.invoke(app, ["list", "--all", "--json"]).stdout)) == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="transfer.py _event accepts control characters (NUL) in action, outcome, source"
+    " and detail: SQLite stores them and exits 0, PostgreSQL cannot store NUL and exits 3",
+)
+def test_import_refuses_an_event_holding_a_nul_on_both_stores(
+    runner: CliRunner, raw: RawDatabase
+) -> None:
+    event = {
+        "type": "event",
+        "at": "2026-01-31T12:00:00Z",
+        "action": "check",
+        "token_id": None,
+        "outcome": "valid",
+        "source": "cli",
+        "detail": "a\x00b",
+    }
+    lines = json.dumps({**event, "detail": None}) + "\n" + json.dumps(event) + "\n"
+    result = runner.invoke(app, ["import"], input=lines)
+    assert (result.exit_code, result.stdout) == (ExitStatus.USAGE, "")
+    assert "line 2" in result.stderr
+    assert not raw.exists() or raw.rows("SELECT count(*) FROM audit") == [(0,)]
+
+
 def test_db_option_beats_environment(
     runner: CliRunner,
     tmp_path: Path,

@@ -62,3 +62,13 @@ def test_a_pipelined_batch_grants_a_single_use_token_once(
     assert status == 200, health
     assert served.request("GET", f"/app/valid/{token}")[2]["state"] == "unknown"
     assert served.request("GET", f"/app/valid/{other['token']}")[2]["status"] is True
+
+
+def test_a_label_filter_holding_nul_lists_nothing_on_either_store(served: Served) -> None:
+    status, _, body = served.request("POST", "/app/token", body='{"label": "a"}')
+    assert status == 200
+    for query in ("label=%00", "label=a%00", "label=a%00&all=true"):
+        status, _, listed = served.request("GET", f"/app/tokens?{query}")
+        assert (status, listed["tokens"]) == (200, []), query
+    status, _, listed = served.request("GET", "/app/tokens?label=a")
+    assert [item["label"] for item in listed["tokens"]] == ["a"]

@@ -233,6 +233,19 @@ def test_iter_tokens_filters_combine_and_come_oldest_first(store: Store) -> None
     assert ids(store, label="x", scopes=("a",), expires_by=NOW + HOUR, limit=1) == ["a-valid"]
 
 
+def test_a_filter_no_stored_token_can_match_selects_nothing(store: Store) -> None:
+    # GET /app/tokens?label=%00 reaches the store: no label holds NUL (issue refuses
+    # control characters, and PostgreSQL text cannot hold one), so nothing matches.
+    with store.transaction():
+        store.insert_tokens([token("t1", label="a"), token("t2", label="ab")])
+    for label in ("\x00", "a\x00b", "a\x00"):
+        assert ids(store, label=label) == []
+        assert ids(store, states=None, label=label, limit=5) == []
+        with store.transaction():
+            assert store.revoke_matching(TokenFilter(label=label), NOW) == []
+    assert ids(store) == ["t1", "t2"]
+
+
 def test_a_stream_opened_outside_a_block_survives_writes_beside_it(store: Store) -> None:
     with store.transaction():
         store.insert_tokens([token(f"t{i:05d}", created=NOW - 10_000 + i) for i in range(3000)])

@@ -688,7 +688,11 @@ def _where(selector: TokenFilter, now: int) -> tuple[sql.SQL, dict[str, Any]]:
         # States that no stored token can be in (malformed, unknown...) select nothing.
         states = [_STATE_SQL[state] for state in sorted(selector.states) if state in _STATE_SQL]
         conditions.append(f"({' OR '.join(states)})" if states else "FALSE")
-    if selector.label is not None:
+    if selector.label is not None and "\x00" in selector.label:
+        # PostgreSQL text cannot hold NUL, so no stored label has one: nothing matches
+        # (as in SQLite), where sending it would fail the whole statement.
+        conditions.append("FALSE")
+    elif selector.label is not None:
         conditions.append("label = %(label)s")
         params["label"] = selector.label
     if selector.scopes:
