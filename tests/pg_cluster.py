@@ -10,6 +10,8 @@ Load it from conftest.py with `pytest_plugins = ["pg_cluster"]`. Fixtures:
   TOKENCLI_PG_SCHEMA; the schema is dropped afterwards.
 - `postgres_url` (function): the cluster's URL, for a test whose tokencli schema is
   `postgres_schema`.
+- `own_postgres_cluster` (function): a second cluster of the test's own, for a test that
+  stops and starts PostgreSQL (`stop_fast`, `start_again`) without disturbing the rest.
 
 PostgreSQL refuses to run as root, and the suite runs as root (CI too): then initdb and
 postgres run as the `postgres` user that Debian's package creates, in a folder given to it.
@@ -118,6 +120,22 @@ class PgCluster:
         (self.data / "pg_hba.conf").write_text(
             f"local all {PASSWORD_ROLE} scram-sha-256\nlocal all all trust\n"
         )
+        self.start_again()
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(PASSWORD_ROLE), sql.Literal(PASSWORD)
+                )
+            )
+            # PostgreSQL 15 on lets only the owner create schemas in a database.
+            admin.execute(
+                sql.SQL("GRANT CREATE ON DATABASE postgres TO {}").format(
+                    sql.Identifier(PASSWORD_ROLE)
+                )
+            )
+
+    def start_again(self) -> None:
+        """Start the server on its existing data folder, waiting until it accepts."""
         try:
             self._run(
                 str(self.bindir / "pg_ctl"),
@@ -132,12 +150,24 @@ class PgCluster:
             log = self.log.read_text() if self.log.exists() else "(no server log)"
             raise RuntimeError(f"{error}\nserver log:\n{log}") from None
         self.started = True
-        with psycopg.connect(self.url(), autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(PASSWORD_ROLE), sql.Literal(PASSWORD)
-                )
-            )
+
+    def stop_fast(self) -> None:
+        """Stop the server as an operator would (`-m fast`: sessions are disconnected)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.started = False
+
+    def pg_dump(self, url: str, schema: str) -> str:
+        """The plain-text dump of one schema, as pg_dump writes it (same version as us)."""
+        result = subprocess.run(
+            [str(self.bindir / "pg_dump"), "--schema", schema, "--dbname", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_dump failed ({result.returncode}):\n{result.stderr}")
+        return result.stdout
 
     def stop(self) -> None:
         """Stop the server at once (nothing in it is worth a clean shutdown) and remove it."""
@@ -156,16 +186,21 @@ class PgCluster:
             )
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PgCluster]:
-    """One PostgreSQL cluster for the whole session (skips without PostgreSQL, unless CI)."""
+def _bindir_or_skip() -> Path:
+    """The server binaries' folder; skip without them (fail under CI)."""
     bindir = find_bindir()
     if bindir is None:
         message = "PostgreSQL server binaries (initdb) not found; install Debian's postgresql"
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    cluster = PgCluster(bindir)
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PgCluster]:
+    """One PostgreSQL cluster for the whole session (skips without PostgreSQL, unless CI)."""
+    cluster = PgCluster(_bindir_or_skip())
     try:
         cluster.start()
         yield cluster
@@ -186,3 +221,14 @@ def postgres_schema(postgres_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch
 def postgres_url(postgres_cluster: PgCluster, postgres_schema: str) -> str:
     """The URL of the test cluster; tokencli's tables go to `postgres_schema`."""
     return postgres_cluster.url()
+
+
+@pytest.fixture
+def own_postgres_cluster() -> Iterator[PgCluster]:
+    """A cluster for this test alone (about a second to make): stop and start it at will."""
+    cluster = PgCluster(_bindir_or_skip())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,24 +1,34 @@
-"""Every command through the real Typer app on a real SQLite file."""
+"""Every command through the real Typer app, on each store: a real SQLite file and a
+real PostgreSQL schema give the same outputs, exit codes and JSON."""
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from databases import RawDatabase
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from tokencli import __version__
 from tokencli.cli import app
 from tokencli.errors import ExitStatus
+from tokencli.location import Location
 from tokencli.service import TokenService
-from tokencli.store import sqlite_open as store_module
 from tokencli.store.sqlite import SQLiteStore
 
 from support import Clock
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
+NO_DATABASE = pytest.mark.stores("sqlite", reason="no database involved")
+SQLITE_REVOKE_ORDER = (
+    "sqlite.py revoke_matching: its SELECT has no ORDER BY, so `revoke --label` prints IDs"
+    " in table order, unlike its --dry-run and unlike PostgreSQL (oldest first)"
+)
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 TOKEN_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state", "scopes"]
@@ -30,11 +40,12 @@ def issue(runner: CliRunner, *args: str) -> str:
     return result.stdout.strip()
 
 
-def past_service(db_path: Path, seconds_ago: int) -> TokenService:
-    """A service on the same file whose clock runs `seconds_ago` behind, to make old tokens."""
-    import time
+MakeService = Callable[..., TokenService]
 
-    return TokenService(SQLiteStore.open(db_path, create=True), Clock(time.time() - seconds_ago))
+
+def past_service(make_service: MakeService, seconds_ago: int) -> TokenService:
+    """A service on the same database whose clock runs `seconds_ago` behind (old tokens)."""
+    return make_service(Clock(time.time() - seconds_ago))
 
 
 def all_commands() -> list[str]:
@@ -42,18 +53,21 @@ def all_commands() -> list[str]:
     return sorted(group.commands)  # type: ignore[attr-defined]
 
 
+@NO_DATABASE
 def test_version(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout == f"tokencli {__version__}\n"
 
 
+@NO_DATABASE
 def test_no_arguments_shows_help(runner: CliRunner) -> None:
     result = runner.invoke(app, [])
     assert result.exit_code == ExitStatus.USAGE
     assert "issue" in result.output and "purge" in result.output
 
 
+@NO_DATABASE
 @pytest.mark.parametrize("command", all_commands())
 def test_every_command_has_help_with_an_example(runner: CliRunner, command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
@@ -120,14 +134,14 @@ def test_default_ttl_is_sixty_minutes(runner: CliRunner) -> None:
     ],
 )
 def test_issue_usage_errors_exit_2_and_store_nothing(
-    runner: CliRunner, db_path: Path, args: list[str], fragment: str
+    runner: CliRunner, raw: RawDatabase, args: list[str], fragment: str
 ) -> None:
     result = runner.invoke(app, ["issue", *args])
     assert result.exit_code == ExitStatus.USAGE
     assert fragment in result.stderr
     assert result.stdout == ""
-    if db_path.exists():
-        assert sqlite3.connect(db_path).execute("SELECT count(*) FROM tokens").fetchone()[0] == 0
+    if raw.exists():
+        assert raw.rows("SELECT count(*) FROM tokens") == [(0,)]
 
 
 def test_check_reads_stdin_when_dash_or_absent(runner: CliRunner) -> None:
@@ -139,12 +153,12 @@ def test_check_reads_stdin_when_dash_or_absent(runner: CliRunner) -> None:
     assert (empty.exit_code, empty.stdout) == (1, "malformed\n")
 
 
-def test_check_every_verdict_and_exit_code(runner: CliRunner, db_path: Path) -> None:
+def test_check_every_verdict_and_exit_code(runner: CliRunner, make_service: MakeService) -> None:
     valid = issue(runner)
     single = issue(runner, "--uses", "1")
     revoked = issue(runner)
     runner.invoke(app, ["revoke", revoked.split(":")[0]])
-    expired = past_service(db_path, 120).issue(ttl_seconds=60).token
+    expired = past_service(make_service, 120).issue(ttl_seconds=60).token
     unknown = TokenService(SQLiteStore.empty()).issue().token
     typo = valid[:20] + ("x" if valid[20] != "x" else "y") + valid[21:]
     assert runner.invoke(app, ["check", "-q", single]).exit_code == 0
@@ -180,12 +194,12 @@ def test_check_quiet_prints_nothing(runner: CliRunner) -> None:
     assert (result.exit_code, result.stdout) == (1, "")
 
 
-def test_check_on_a_missing_database_creates_nothing(runner: CliRunner, db_path: Path) -> None:
+def test_check_on_a_missing_database_creates_nothing(runner: CliRunner, raw: RawDatabase) -> None:
     token = TokenService(SQLiteStore.empty()).issue().token
     for args in (["check", token], ["list"], ["list", "--all", "--json"], ["purge", "--dry-run"]):
         result = runner.invoke(app, args)
         assert result.exit_code in (0, 1), result.output
-    assert not db_path.exists()
+    assert not raw.exists()
 
 
 def test_revoke_several_with_one_missing(runner: CliRunner) -> None:
@@ -207,6 +221,31 @@ def test_revoke_needs_an_argument(runner: CliRunner) -> None:
     assert runner.invoke(app, ["revoke"]).exit_code == ExitStatus.USAGE
 
 
+def test_revoke_by_selector_prints_what_its_dry_run_printed_oldest_first(
+    runner: CliRunner,
+    make_service: MakeService,
+    location: Location,
+    request: pytest.FixtureRequest,
+) -> None:
+    if location.url is None:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=SQLITE_REVOKE_ORDER))
+    # Created a second apart, each expiring before the one made before it: the order of
+    # creation is neither the order of the IDs nor that of the expiries.
+    clock = Clock(time.time() - 100)
+    issuing = make_service(clock)
+    for n in range(30):
+        issuing.issue(ttl_seconds=3600 - 60 * n, label="ci")
+        clock.advance(1)
+    listed = json.loads(runner.invoke(app, ["list", "--label", "ci", "--json"]).stdout)
+    oldest_first = [item["id"] for item in listed]
+    assert len(oldest_first) == 30
+    dry = runner.invoke(app, ["revoke", "--label", "ci", "--dry-run"])
+    done = runner.invoke(app, ["revoke", "--label", "ci"])
+    assert (dry.exit_code, done.exit_code) == (0, 0)
+    assert [line.split()[-1] for line in dry.stdout.splitlines()] == oldest_first
+    assert [line.split()[-1] for line in done.stdout.splitlines()] == oldest_first
+
+
 def test_list_piped_is_plain_tab_separated_and_literal(runner: CliRunner) -> None:
     issue(runner, "--label", "[red]x[/red]")
     issue(runner, "--label", "tab\there".replace("\t", " "))
@@ -221,12 +260,10 @@ def test_list_piped_is_plain_tab_separated_and_literal(runner: CliRunner) -> Non
 
 
 def test_labels_with_escapes_stored_elsewhere_display_literally(
-    runner: CliRunner, db_path: Path
+    runner: CliRunner, raw: RawDatabase
 ) -> None:
     issue(runner, "--label", "placeholder")
-    connection = sqlite3.connect(db_path)
-    connection.execute("UPDATE tokens SET label = ?", ("evil\x1b[2J\x07\u202e",))
-    connection.commit()
+    raw.execute("UPDATE tokens SET label = ?", "evil\x1b[2J\x07\u202e")
     listed = runner.invoke(app, ["list"]).stdout
     assert "\x1b" not in listed and "\x07" not in listed and "\u202e" not in listed
     assert "evil\\x1b[2J\\x07\\u202e" in listed
@@ -235,9 +272,9 @@ def test_labels_with_escapes_stored_elsewhere_display_literally(
     assert json.loads(as_json)[0]["label"] == "evil\x1b[2J\x07\u202e"
 
 
-def test_list_all_and_json(runner: CliRunner, db_path: Path) -> None:
+def test_list_all_and_json(runner: CliRunner, make_service: MakeService) -> None:
     live = issue(runner, "--label", "live")
-    past_service(db_path, 100).issue(ttl_seconds=10, label="old")
+    past_service(make_service, 100).issue(ttl_seconds=10, label="old")
     live_only = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
     assert [item["label"] for item in live_only] == ["live"]
     assert live_only[0]["id"] == live.split(":")[0]
@@ -256,9 +293,11 @@ def test_list_never_shows_a_secret(runner: CliRunner) -> None:
         assert secret not in runner.invoke(app, args).stdout
 
 
-def test_purge_reports_and_is_quiet_when_nothing_to_do(runner: CliRunner, db_path: Path) -> None:
+def test_purge_reports_and_is_quiet_when_nothing_to_do(
+    runner: CliRunner, make_service: MakeService
+) -> None:
     issue(runner)
-    old = past_service(db_path, 100)
+    old = past_service(make_service, 100)
     for _ in range(3):
         old.issue(ttl_seconds=10)
     nothing_yet = runner.invoke(app, ["purge", "--dry-run"])
@@ -277,44 +316,78 @@ def test_purge_reports_and_is_quiet_when_nothing_to_do(runner: CliRunner, db_pat
     assert len(json.loads(runner.invoke(app, ["list", "--all", "--json"]).stdout)) == 1
 
 
-def test_db_option_beats_environment(runner: CliRunner, tmp_path: Path, db_path: Path) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason="transfer.py _event accepts control characters (NUL) in action, outcome, source"
+    " and detail: SQLite stores them and exits 0, PostgreSQL cannot store NUL and exits 3",
+)
+def test_import_refuses_an_event_holding_a_nul_on_both_stores(
+    runner: CliRunner, raw: RawDatabase
+) -> None:
+    event = {
+        "type": "event",
+        "at": "2026-01-31T12:00:00Z",
+        "action": "check",
+        "token_id": None,
+        "outcome": "valid",
+        "source": "cli",
+        "detail": "a\x00b",
+    }
+    lines = json.dumps({**event, "detail": None}) + "\n" + json.dumps(event) + "\n"
+    result = runner.invoke(app, ["import"], input=lines)
+    assert (result.exit_code, result.stdout) == (ExitStatus.USAGE, "")
+    assert "line 2" in result.stderr
+    assert not raw.exists() or raw.rows("SELECT count(*) FROM audit") == [(0,)]
+
+
+def test_db_option_beats_environment(
+    runner: CliRunner,
+    tmp_path: Path,
+    location: Location,
+    raw: RawDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     other = tmp_path / "other.db"
-    result = runner.invoke(app, ["--db", str(other), "issue"])
+    monkeypatch.setenv("TOKENCLI_DB", str(other))
+    where = str(location.url if location.url is not None else location.path)
+    result = runner.invoke(app, ["--db", where, "issue"])
     assert result.exit_code == 0
-    assert other.exists() and not db_path.exists()
+    assert not other.exists()
+    assert raw.rows("SELECT count(*) FROM tokens") == [(1,)]
 
 
-def test_storage_errors_exit_3_with_one_line(runner: CliRunner, tmp_path: Path) -> None:
-    foreign = tmp_path / "foreign.db"
-    foreign.write_bytes(b"not a database at all" * 10)
+def test_storage_errors_exit_3_with_one_line(runner: CliRunner, raw: RawDatabase) -> None:
+    refusal = raw.make_foreign()  # a file, or a schema, holding someone else's data
     for args in (["issue"], ["check", "x"], ["list"], ["purge"], ["revoke", "aaaaaaaaaaaa"]):
-        result = runner.invoke(app, ["--db", str(foreign), *args])
+        result = runner.invoke(app, args)
         assert result.exit_code == ExitStatus.STORAGE, args
         assert result.stderr.count("\n") == 1
         assert "Traceback" not in result.output
-        assert "not a SQLite database" in result.stderr
+        assert refusal in result.stderr
+        assert result.stdout == ""
+
+
+@pytest.mark.stores("sqlite", reason="a folder where the SQLite file should be")
+def test_a_folder_as_database_exits_3(runner: CliRunner, tmp_path: Path) -> None:
     folder = runner.invoke(app, ["--db", str(tmp_path), "list"])
     assert folder.exit_code == ExitStatus.STORAGE
     assert "is a folder" in folder.stderr
 
 
 def test_locked_database_past_the_timeout_exits_3(
-    runner: CliRunner, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner, raw: RawDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     issue(runner)
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_SECONDS", 0.2)
-    holder = sqlite3.connect(db_path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
+    with raw.hold_write_lock(monkeypatch):
         result = runner.invoke(app, ["issue"])
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        reading = runner.invoke(app, ["list", "--json"])
+    assert (reading.exit_code, len(json.loads(reading.stdout))) == (0, 1)  # reads go on
     assert result.exit_code == ExitStatus.STORAGE
     assert "locked" in result.stderr
     assert result.stdout == ""
 
 
+@NO_DATABASE
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -333,6 +406,7 @@ def test_the_command_on_the_line_is_found(argv: list[str], expected: str | None)
     assert _command_named(argv) == expected
 
 
+@NO_DATABASE
 def test_trimmed_app_runs_only_the_named_command(monkeypatch: pytest.MonkeyPatch) -> None:
     from tokencli.cli.base import _command_named, load_commands
 

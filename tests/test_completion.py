@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from databases import RawDatabase
 from typer.testing import CliRunner
 
 from tokencli.cli import app
 from tokencli.service import TokenService
-from tokencli.store.sqlite import SQLiteStore
 
 from support import Clock
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 COMPLETIONS = Path(__file__).resolve().parent.parent / "completions"
 
@@ -34,13 +38,16 @@ def complete_bash(runner: CliRunner, words: str) -> list[str]:
     return result.stdout.split()
 
 
+@pytest.mark.stores("sqlite", reason="no database involved")
 def test_command_names_complete(runner: CliRunner) -> None:
     assert complete_bash(runner, "tokencli rev") == ["revoke"]
     assert sorted(complete_bash(runner, "tokencli re")) == ["renew", "revoke"]
 
 
-def test_revoke_completes_live_ids_only(runner: CliRunner, db_path: Path) -> None:
-    service = TokenService(SQLiteStore.open(db_path, create=True))
+def test_revoke_completes_live_ids_only(
+    runner: CliRunner, make_service: Callable[..., TokenService]
+) -> None:
+    service = make_service(time.time)  # completion runs on the wall clock
     live = sorted(service.issue(label=f"live {n}").info.id for n in range(3))
     revoked = service.issue().info.id
     service.revoke(revoked)
@@ -53,8 +60,10 @@ def test_revoke_completes_live_ids_only(runner: CliRunner, db_path: Path) -> Non
     ]
 
 
-def test_zsh_completion_shows_labels_as_descriptions(runner: CliRunner, db_path: Path) -> None:
-    issued = TokenService(SQLiteStore.open(db_path, create=True)).issue(label="deploy key")
+def test_zsh_completion_shows_labels_as_descriptions(
+    runner: CliRunner, make_service: Callable[..., TokenService]
+) -> None:
+    issued = make_service(time.time).issue(label="deploy key")
     result = runner.invoke(
         app,
         [],
@@ -64,15 +73,16 @@ def test_zsh_completion_shows_labels_as_descriptions(runner: CliRunner, db_path:
     assert f'"{issued.info.id}":"deploy key"' in result.stdout
 
 
-def test_completion_on_a_missing_or_foreign_file_offers_nothing(
-    runner: CliRunner, db_path: Path
+def test_completion_on_a_missing_or_foreign_database_offers_nothing(
+    runner: CliRunner, raw: RawDatabase
 ) -> None:
     assert complete_bash(runner, "tokencli revoke ") == []
-    assert not db_path.exists()
-    db_path.write_bytes(b"junk" * 100)
+    assert not raw.exists()
+    raw.make_foreign()
     assert complete_bash(runner, "tokencli revoke ") == []
 
 
+@pytest.mark.stores("sqlite", reason="no database involved")
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 @pytest.mark.skipif(shutil.which("tokencli") is None, reason="tokencli is not installed")
 def test_committed_scripts_match_what_the_app_generates(shell: str) -> None:

@@ -1,11 +1,10 @@
-"""The token rules, on a real SQLite file, with a clock the test moves."""
+"""The token rules, on each store (a real SQLite file, a real PostgreSQL schema), with a
+clock the test moves."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
+from databases import RawDatabase
 
 from tokencli.errors import InvalidRequestError, NotFoundError
 from tokencli.model import EVERY_TOKEN, MAX_TTL_SECONDS, TokenState
@@ -13,6 +12,8 @@ from tokencli.service import TokenService
 from tokencli.store.sqlite import SQLiteStore
 
 from support import START, Clock
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 
 def test_issue_then_check_is_valid(service: TokenService) -> None:
@@ -210,18 +211,39 @@ def test_purge_removes_ended_tokens_only(service: TokenService, clock: Clock) ->
     assert service.purge().purged == 0
 
 
-def test_stolen_database_holds_no_plaintext_token(db_path: Path, service: TokenService) -> None:
+def test_stolen_database_holds_no_plaintext_token(service: TokenService, raw: RawDatabase) -> None:
     issued = [service.issue(label="stolen?") for _ in range(20)]
-    service.store.close()
-    raw = db_path.read_bytes()
-    for suffix in ("-wal", "-shm"):
-        extra = db_path.with_name(db_path.name + suffix)
-        if extra.exists():
-            raw += extra.read_bytes()
+    service.store.close()  # SQLite: the WAL goes into the file
+    stolen = raw.dump()  # SQLite: the file's bytes; PostgreSQL: pg_dump of the schema
+    assert b"stolen?" in stolen  # the dump does hold the rows...
     for token in issued:
         secret = token.token.split(":")[1]
-        assert secret.encode() not in raw
-        assert secret[:16].encode() not in raw
-    rows = sqlite3.connect(db_path).execute("SELECT * FROM tokens").fetchall()
+        assert token.info.id.encode() in stolen
+        assert secret.encode() not in stolen  # ...but never a secret, nor its start
+        assert secret[:16].encode() not in stolen
+    rows = raw.rows("SELECT * FROM tokens")
     assert len(rows) == 20
     assert not any(token.token.split(":")[1] in repr(rows) for token in issued)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="both stores select 'live' as ends_at > now (sqlite.py and postgres.py _STATE_SQL,"
+    " counts, live_ids): a token revoked or used up after the clock's present time still"
+    " ends later, so a clock stepped back lists it as live and counts it twice",
+)
+def test_a_clock_stepped_back_lists_no_revoked_or_used_up_token_as_live(
+    service: TokenService, clock: Clock
+) -> None:
+    live = service.issue(ttl_seconds=3600)
+    revoked = service.issue(ttl_seconds=3600)
+    single = service.issue(ttl_seconds=3600, uses=1)
+    clock.advance(600)
+    service.revoke(revoked.info.id)
+    assert service.check(single.token).valid
+    clock.advance(-300)  # the clock steps back five minutes
+    assert service.check(revoked.token).state is TokenState.REVOKED
+    assert service.check(single.token).state is TokenState.USED_UP
+    assert [info.id for info in service.list_tokens()] == [live.info.id]
+    counts = service.stats().counts
+    assert (counts.live, counts.revoked, counts.used_up) == (1, 1, 1)

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import pytest
+from databases import RawDatabase
 from typer.testing import CliRunner
 
 from tokencli.cli import app
+from tokencli.location import Location
 from tokencli.service import TokenService
 
 from support import Clock
 
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
-def test_stats_counts(service: TokenService, clock: Clock, db_path: Path) -> None:
+
+def test_stats_counts(
+    service: TokenService, clock: Clock, location: Location, raw: RawDatabase
+) -> None:
+    empty_size = service.stats().size_bytes
     live = service.issue(ttl_seconds=600)
     service.issue(ttl_seconds=900)
     service.issue(ttl_seconds=5)
@@ -25,22 +32,29 @@ def test_stats_counts(service: TokenService, clock: Clock, db_path: Path) -> Non
     counts = report.counts
     assert (counts.live, counts.expired, counts.used_up, counts.revoked) == (2, 1, 1, 1)
     assert counts.next_expiry == live.info.expires_at
-    assert report.database == str(db_path)
-    assert report.size_bytes >= db_path.stat().st_size > 0
+    assert (counts.audit_events, counts.oldest_event) == (7, live.info.created_at)
+    # Where the data is, as it may be printed: the file, or the URL (password as ***).
+    assert report.database == location.shown
+    assert report.size_bytes is not None and empty_size is not None
+    assert report.size_bytes >= empty_size > 0
+    if location.path is not None:
+        assert report.size_bytes >= location.path.stat().st_size
 
 
-def test_stats_command(runner: CliRunner, db_path: Path) -> None:
+def test_stats_command(runner: CliRunner, location: Location) -> None:
     runner.invoke(app, ["issue", "--count", "3"])
     body = json.loads(runner.invoke(app, ["stats", "--json"]).stdout)
-    assert body["live"] == 3 and body["database"] == str(db_path)
+    assert body["live"] == 3 and body["database"] == location.shown
     assert body["next_expiry"].endswith("Z")
+    assert body["size_bytes"] > 0
     plain = runner.invoke(app, ["stats"]).stdout
     assert plain.splitlines()[0] == "live\t3"
+    assert f"database\t{location.shown}" in plain.splitlines()
     assert "\x1b" not in plain
 
 
-def test_stats_on_a_missing_file_creates_nothing(runner: CliRunner, db_path: Path) -> None:
+def test_stats_on_a_missing_database_creates_nothing(runner: CliRunner, raw: RawDatabase) -> None:
     body = json.loads(runner.invoke(app, ["stats", "--json"]).stdout)
     assert (body["live"], body["database"], body["size_bytes"]) == (0, None, 0)
     assert runner.invoke(app, ["audit"]).exit_code == 0
-    assert not db_path.exists()
+    assert not raw.exists()

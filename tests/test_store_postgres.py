@@ -1,5 +1,8 @@
-"""The PostgreSQL store against a real throwaway cluster: the Store contract, concurrency
-across connections, migrations, refusals, errors and round trips."""
+"""The PostgreSQL store against a real throwaway cluster: what only it does. Concurrency
+across connections, server-side cursors, migrations, refusals, errors and round trips.
+
+The Store contract both stores keep is tested on both in test_store_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import pytest
 from psycopg import pq, sql
 
 from tokencli.errors import StorageError
-from tokencli.model import AuditEvent, TokenFilter, TokenRecord, TokenState, ends_at
+from tokencli.model import AuditEvent, TokenFilter, TokenRecord
 from tokencli.store import postgres
 from tokencli.store.base import IdCollisionError
 from tokencli.store.postgres import PostgresBackend, PostgresStore, open_postgres
@@ -324,89 +327,7 @@ def test_a_bad_schema_name_is_refused_before_connecting(
         open_postgres("postgresql://nobody@/nowhere?host=/nonexistent", create=True)
 
 
-# -- tokens -------------------------------------------------------------------------------
-
-
-def test_insert_then_get_and_get_many(store: PostgresStore, admin: psycopg.Connection[Any]) -> None:
-    records = [
-        token("aaa", label="first", scopes=("write", "read", "write")),
-        token("bbb", uses=3),
-        token("ccc", revoked=NOW - 50),  # imported already revoked
-        token("ddd", uses=0),  # imported already used up
-    ]
-    store.insert_tokens(records)
-    got = store.get("aaa")
-    assert got == records[0]._replace(scopes=("read", "write"))  # stored sorted, once each
-    assert store.get("zzz") is None
-    assert store.get_many(["bbb", "zzz", "ccc", "bbb"]) == {"bbb": records[1], "ccc": records[2]}
-    assert store.get_many([]) == {}
-    stored_ends = dict(
-        admin.execute(
-            sql.SQL("SELECT id, ends_at FROM {}").format(sql.Identifier(store.schema, "tokens"))
-        ).fetchall()
-    )
-    assert stored_ends == {record.id: ends_at(record) for record in records}
-
-
-def test_a_taken_id_raises_id_collision_and_the_transaction_keeps_nothing(
-    store: PostgresStore,
-) -> None:
-    store.insert_tokens([token("taken")])
-    with pytest.raises(IdCollisionError), store.transaction():
-        store.insert_tokens([token("fresh"), token("taken", label="other")])
-    assert isinstance(IdCollisionError("x"), StorageError)
-    assert store.get("fresh") is None
-    assert store.get("taken") == token("taken")
-    with pytest.raises(IdCollisionError):  # a repeat within one call is a collision too
-        store.insert_tokens([token("twice"), token("twice")])
-
-
-def test_insert_missing_skips_existing_ids_and_existing_ids_finds_them(
-    store: PostgresStore,
-) -> None:
-    store.insert_tokens([token("old", label="original")])
-    inserted = store.insert_missing([token("old", label="import"), token("new"), token("new2")])
-    assert inserted == 2
-    assert store.get("old") == token("old", label="original")
-    assert store.existing_ids({"old", "new", "nope"}) == {"old", "new"}
-    assert store.existing_ids([]) == set()
-    assert store.insert_missing([]) == 0
-
-
-def test_consume_uses_grants_only_what_is_left_on_live_limited_tokens(
-    store: PostgresStore,
-) -> None:
-    store.insert_tokens(
-        [
-            token("unlimited"),
-            token("three", uses=3),
-            token("single", uses=1),
-            token("revoked", uses=2, revoked=NOW - 10),
-            token("expired", uses=2, expires=NOW),
-            token("spent", uses=0),
-        ]
-    )
-    wanted = {
-        "unlimited": 1,
-        "three": 2,
-        "single": 5,
-        "revoked": 1,
-        "expired": 1,
-        "spent": 1,
-        "unknown": 1,
-    }
-    # (uses granted, uses left afterwards)
-    assert store.consume_uses(wanted, NOW) == {"three": (2, 1), "single": (1, 0)}
-    assert store.consume_uses({"three": 5, "single": 1}, NOW + 1) == {"three": (1, 0)}
-    three = store.get("three")
-    assert three is not None and three.uses_left == 0
-    assert store.get("unlimited") == token("unlimited")  # untouched
-    assert store.consume_uses({}, NOW) == {}
-    assert store.consume_uses({"three": 0}, NOW) == {}
-    # The last use ends the token: it leaves the live set at once and purge takes it.
-    counts = store.counts(NOW + 1)
-    assert (counts.live, counts.used_up) == (1, 3)
-    assert store.count_ended(NOW + 1) == 5
+# -- concurrency and streaming ----------------------------------------------------------
 
 
 def test_racing_connections_take_each_last_use_exactly_once(postgres_url: str) -> None:
@@ -466,67 +387,6 @@ def test_racing_connections_take_each_last_use_exactly_once(postgres_url: str) -
             store.close()
 
 
-def test_revoke_keeps_the_first_revocation(store: PostgresStore) -> None:
-    store.insert_tokens([token("t1")])
-    assert store.revoke("nope", NOW) is False
-    assert store.revoke("t1", NOW) is True
-    assert store.revoke("t1", NOW + 50) is True
-    revoked = store.get("t1")
-    assert revoked is not None and revoked.revoked_at == NOW
-    assert store.count_ended(NOW) == 1
-
-
-def test_revoke_matching_revokes_live_selected_tokens_oldest_first(store: PostgresStore) -> None:
-    store.insert_tokens(
-        [
-            token("zz-old", created=NOW - 300, label="ci", scopes=("deploy",)),
-            token("aa-new", created=NOW - 100, label="ci", scopes=("deploy", "read")),
-            token("mm-mid", created=NOW - 200, label="ci"),
-            token("ci-expired", label="ci", scopes=("deploy",), expires=NOW - 1),
-            token("ci-spent", label="ci", scopes=("deploy",), uses=0),
-            token("other", label="ops", scopes=("deploy",)),
-        ]
-    )
-    only_deploy = TokenFilter(states=None, label="ci", scopes=("deploy",))
-    assert store.revoke_matching(only_deploy, NOW) == ["zz-old", "aa-new"]
-    assert store.revoke_matching(only_deploy, NOW) == []  # no longer live
-    assert store.revoke_matching(TokenFilter(expires_by=NOW + HOUR), NOW) == ["mm-mid", "other"]
-    assert store.counts(NOW).live == 0
-
-
-def test_iter_tokens_filters_combine_and_come_oldest_first(store: PostgresStore) -> None:
-    store.insert_tokens(
-        [
-            token("b-valid", created=NOW - 500, label="x", scopes=("a", "b")),
-            token("a-valid", created=NOW - 500, label="x", scopes=("a",), expires=NOW + 60),
-            token("expired", created=NOW - 400, expires=NOW - 1),
-            token("used-up", created=NOW - 300, uses=0),
-            token("revoked", created=NOW - 200, revoked=NOW - 5, expires=NOW - 1),
-            token("young", created=NOW - 100, label="x", scopes=("b",)),
-        ]
-    )
-
-    def ids(**options: Any) -> list[str]:
-        return [record.id for record in store.iter_tokens(TokenFilter(**options), NOW)]
-
-    assert ids() == ["a-valid", "b-valid", "young"]  # live by default; ties by ID
-    assert ids(states=None) == ["a-valid", "b-valid", "expired", "used-up", "revoked", "young"]
-    assert ids(states=frozenset({TokenState.EXPIRED})) == ["expired"]  # revoked wins
-    assert ids(states=frozenset({TokenState.USED_UP, TokenState.REVOKED})) == [
-        "used-up",
-        "revoked",
-    ]
-    assert ids(states=frozenset()) == []
-    assert ids(states=frozenset({TokenState.MALFORMED})) == []
-    assert ids(label="x") == ["a-valid", "b-valid", "young"]
-    assert ids(label="X") == []
-    assert ids(scopes=("b", "a")) == ["b-valid"]
-    assert ids(scopes=("b",)) == ["b-valid", "young"]
-    assert ids(expires_by=NOW + 60) == ["a-valid"]
-    assert ids(states=None, limit=2) == ["a-valid", "b-valid"]
-    assert ids(label="x", scopes=("a",), expires_by=NOW + HOUR, limit=1) == ["a-valid"]
-
-
 def test_iter_tokens_streams_through_a_server_side_cursor(store: PostgresStore) -> None:
     store.insert_tokens([token(f"t{i:05d}", created=NOW - 10_000 + i) for i in range(5000)])
     stream = store.iter_tokens(TokenFilter(states=None), NOW)
@@ -547,64 +407,6 @@ def test_iter_tokens_streams_through_a_server_side_cursor(store: PostgresStore) 
     assert store.count_ended(NOW) == 1
 
 
-def test_set_and_cut_expiry_move_the_end(store: PostgresStore) -> None:
-    store.insert_tokens([token("renew"), token("cut"), token("clamp", created=NOW - 10)])
-    store.set_expiry("renew", NOW + 2 * HOUR)
-    store.cut_expiry("cut", NOW + 60)
-    store.cut_expiry("clamp", NOW - 1000)  # never before its creation
-    assert store.get("renew") == token("renew", expires=NOW + 2 * HOUR)
-    assert store.get("cut") == token("cut", expires=NOW + 60)
-    assert store.get("clamp") == token("clamp", created=NOW - 10, expires=NOW - 10)
-    assert [r.id for r in store.iter_tokens(TokenFilter(), NOW + 61)] == ["renew"]
-    assert store.purge(NOW + 61) == 2
-
-
-def test_purge_and_counts(store: PostgresStore) -> None:
-    store.insert_tokens(
-        [
-            token("live1", expires=NOW + 50),
-            token("live2", uses=2),
-            token("expired", expires=NOW - 1),
-            token("spent", uses=0),
-            token("revoked", revoked=NOW - 1),
-        ]
-    )
-    store.record([event(NOW - 30), event(NOW - 20)])
-    counts = store.counts(NOW)
-    assert counts == (2, 1, 1, 1, NOW + 50, 2, NOW - 30)
-    assert store.count_ended(NOW) == 3
-    with store.transaction():
-        assert store.purge(NOW) == 3
-    assert store.counts(NOW)[:4] == (2, 0, 0, 0)
-    assert store.purge(NOW) == 0
-    empty = store.counts(NOW + 2 * HOUR)
-    assert (empty.live, empty.next_expiry) == (0, None)
-
-
-def test_live_ids_and_scopes_in_use_take_prefixes_literally_and_sort_bytewise(
-    store: PostgresStore,
-) -> None:
-    # Under the test cluster's ICU collation "a_b" < "a-b" < "a.b" < "a0" < "ab": byte
-    # order differs, and must win (as in the SQLite store and in Python).
-    names = ["ab", "a0", "a.b", "a-b", "a_b", "a:b"]
-    store.insert_tokens(
-        [
-            token("abc_1", label="one", scopes=tuple(names[:3])),
-            token("abcx1", label="two", scopes=tuple(names[3:])),
-            token("abd", scopes=("zz",)),
-            token("abc_dead", expires=NOW - 1, scopes=("dead-scope",)),
-        ]
-    )
-    assert store.live_ids(NOW, "abc_", 10) == [("abc_1", "one")]  # _ is not a wildcard
-    assert store.live_ids(NOW, "ab", 10) == [("abc_1", "one"), ("abcx1", "two"), ("abd", None)]
-    assert store.live_ids(NOW, "ab", 1) == [("abc_1", "one")]
-    assert store.live_ids(NOW, "%", 10) == []
-    assert store.scopes_in_use(NOW, "a", 10) == sorted(names)
-    assert store.scopes_in_use(NOW, "a_", 10) == ["a_b"]
-    assert store.scopes_in_use(NOW, "", 3) == sorted(names)[:3]
-    assert store.scopes_in_use(NOW, "dead", 10) == []
-
-
 def test_size_ping_and_location(
     store: PostgresStore, postgres_cluster: PgCluster, postgres_schema: str
 ) -> None:
@@ -621,83 +423,7 @@ def test_size_ping_and_location(
         backend_store.ping()
 
 
-# -- audit trail --------------------------------------------------------------------------
-
-
-def test_events_come_oldest_first_within_the_newest_limit(store: PostgresStore) -> None:
-    # Same second: the order recorded is the order kept.
-    store.record([event(NOW, "issue", "a"), event(NOW, "check", "a"), event(NOW, "revoke", "a")])
-    store.record([event(NOW - 100, "issue", "b"), event(NOW + 5, "check", "b")])
-    store.record([])
-    newest = store.events(since=None, token_id=None, limit=3)
-    assert [(e.at, e.action) for e in newest] == [
-        (NOW, "check"),
-        (NOW, "revoke"),
-        (NOW + 5, "check"),
-    ]
-    assert [e.action for e in store.events(since=None, token_id="a", limit=10)] == [
-        "issue",
-        "check",
-        "revoke",
-    ]
-    assert len(store.events(since=NOW, token_id=None, limit=10)) == 4
-    assert store.events(since=NOW + 6, token_id=None, limit=10) == []
-    assert [(e.at, e.token_id) for e in store.iter_events()] == [
-        (NOW - 100, "b"),
-        (NOW, "a"),
-        (NOW, "a"),
-        (NOW, "a"),
-        (NOW + 5, "b"),
-    ]
-    assert store.drop_events_before(NOW) == 1
-    assert store.drop_events_before(NOW) == 0
-    assert store.counts(NOW).audit_events == 4
-
-
 # -- transactions and batches -------------------------------------------------------------
-
-
-def test_a_failed_transaction_keeps_neither_the_change_nor_its_event(
-    store: PostgresStore,
-) -> None:
-    with pytest.raises(RuntimeError), store.transaction():
-        store.insert_tokens([token("ghost")])
-        store.record([event(NOW, "issue", "ghost")])
-        raise RuntimeError("boom")
-    assert store.get("ghost") is None
-    assert store.events(since=None, token_id=None, limit=10) == []
-    with store.transaction():
-        store.insert_tokens([token("real")])
-        store.record([event(NOW, "issue", "real")])
-    assert store.get("real") is not None
-    assert len(store.events(since=None, token_id="real", limit=10)) == 1
-
-
-def test_a_batch_commits_once_and_a_failed_step_rolls_back_alone(
-    store: PostgresStore, postgres_url: str
-) -> None:
-    other = open_postgres(postgres_url, create=False)
-    assert other is not None
-    with store.batch():
-        with store.transaction():
-            store.insert_tokens([token("kept")])
-            store.record([event(NOW, "issue", "kept")])
-        with pytest.raises(RuntimeError), store.transaction():
-            store.insert_tokens([token("dropped")])
-            store.record([event(NOW, "issue", "dropped")])
-            raise RuntimeError("this step only")
-        with pytest.raises(IdCollisionError), store.transaction():  # a failed statement
-            store.insert_tokens([token("kept")])
-        with store.transaction():
-            pass  # a step with nothing in it
-        with store.transaction():
-            assert store.revoke("kept", NOW)
-        assert other.get("kept") is None  # nothing is visible before the batch commits
-    kept = other.get("kept")
-    assert kept is not None and kept.revoked_at == NOW
-    assert other.get("dropped") is None
-    assert [e.token_id for e in other.events(since=None, token_id=None, limit=10)] == ["kept"]
-    other.close()
 
 
 def test_an_error_caught_inside_a_transaction_fails_its_commit(store: PostgresStore) -> None:

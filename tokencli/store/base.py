@@ -12,6 +12,22 @@ Rules every implementation keeps:
   replicas racing for a token's last use never both get it.
 - Every failure of the database is raised as `StorageError` with a message for the
   operator; a password in a location is never part of a message.
+- Nothing brings a revoked or used-up token back: no method clears `revoked_at` or raises
+  `uses_left`, and `set_expiry` leaves such a token as it is.
+
+Rules every caller keeps (the stores differ where these are broken):
+- A `StorageError` raised inside `transaction()` must leave it (let it propagate out of
+  the block, or catch it only outside). PostgreSQL aborts the whole transaction on a
+  failed statement: an error caught inside the block makes its COMMIT fail with
+  StorageError and nothing is saved, where SQLite would have committed the rest. To go on
+  after a statement that may fail, wrap it in a nested `transaction()` (a savepoint) and
+  catch outside that.
+- An iterator (`iter_tokens`, `iter_events`) opened inside a `transaction()` or `batch()`
+  must be consumed or closed before the block ends: on PostgreSQL its cursor lives in the
+  transaction and dies with it. Opened outside any block, it may be read at leisure, and
+  the connection can be used meanwhile.
+- Scopes handed to `insert_tokens` and `insert_missing` are sorted and each given once
+  (`rules.validate_scopes` makes them so); stores keep them as given.
 """
 
 from __future__ import annotations
@@ -41,7 +57,11 @@ class Store(Protocol):
         """Close the connection."""
 
     def transaction(self) -> AbstractContextManager[None]:
-        """One write transaction; inside `batch()`, a savepoint that commits with the batch."""
+        """One write transaction; inside `batch()`, a savepoint that commits with the batch.
+
+        An exception leaving the block rolls it back (to its savepoint when nested) and
+        goes on up. A StorageError must not be caught inside the block (module docstring).
+        """
         ...
 
     def batch(self) -> AbstractContextManager[None]:
@@ -89,17 +109,26 @@ class Store(Protocol):
         ...
 
     def revoke_matching(self, selector: TokenFilter, now: int) -> list[str]:
-        """Revoke every live token the filter selects; return their IDs, oldest first."""
+        """Revoke every live token the filter selects; return their IDs, oldest first.
+
+        Only the filter's label, scopes and expiry bound select: its `states` and `limit`
+        are ignored (every live match is revoked; a dry run lists with `iter_tokens`).
+        """
         ...
 
     def set_expiry(self, token_id: str, expires_at: int) -> None:
-        """Give a token a new expiry (renew)."""
+        """Give a token a new expiry (renew), in one conditional UPDATE.
+
+        Only renew of a live token calls it, but a revoked or used-up token is left as it
+        is whoever calls: its expiry and its end stay, so it is never revived.
+        """
 
     def cut_expiry(self, token_id: str, latest: int) -> None:
         """Make a token expire no later than `latest`, and never before its creation."""
 
     def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
-        """The tokens the filter selects at `now`, oldest first, streamed (flat memory)."""
+        """The tokens the filter selects at `now`, oldest first (by creation, then ID),
+        streamed (flat memory). Inside a block, consume it before the block ends."""
         ...
 
     def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
@@ -132,7 +161,8 @@ class Store(Protocol):
         ...
 
     def iter_events(self) -> Iterator[AuditEvent]:
-        """Every audit event, oldest first, streamed (for export)."""
+        """Every audit event, oldest first, streamed (for export). Inside a block, consume
+        it before the block ends."""
         ...
 
     def drop_events_before(self, cutoff: int) -> int:

@@ -18,6 +18,7 @@ for costs a network round trip. So:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import urllib.parse
@@ -49,6 +50,11 @@ except ImportError:  # the optional extra is not installed: say so when a URL is
     _INSTALLED = False
 else:
     _INSTALLED = True
+    # psycopg logs what it ignores while cleaning up after a lost connection ("error
+    # ignored terminating <psycopg.Pipeline ...>"); tokencli configures no logging, so
+    # Python would print those lines raw on stderr, beside the access log. The error that
+    # matters is raised as StorageError and reported in tokencli's own words.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 NOT_INSTALLED = "PostgreSQL support is not installed: pip install 'tokencli[postgres]'"
 CONNECT_TIMEOUT_SECONDS = 10
@@ -118,7 +124,11 @@ _SQL = {
                             ends_at = LEAST(ends_at, %(now)s)
         WHERE id = %(id)s
         """,
-    "set_expiry": "UPDATE {tokens} SET expires_at = %(at)s, ends_at = %(at)s WHERE id = %(id)s",
+    # Never revives a token: a revoked or used-up one keeps its expiry and its end.
+    "set_expiry": """
+        UPDATE {tokens} SET expires_at = %(at)s, ends_at = %(at)s
+        WHERE id = %(id)s AND revoked_at IS NULL AND (uses_left IS NULL OR uses_left > 0)
+        """,
     "cut_expiry": """
         UPDATE {tokens}
         SET expires_at = LEAST(expires_at, GREATEST(%(latest)s, created_at)),
@@ -532,7 +542,7 @@ class PostgresStore:
         return self._write(self._sql["revoke"], {"id": token_id, "now": now}) == 1
 
     def revoke_matching(self, selector: TokenFilter, now: int) -> list[str]:
-        """Revoke every live token the filter selects (its states are ignored), oldest first."""
+        """Revoke every live token the filter selects (states, limit ignored); oldest first."""
         where, params = _where(selector._replace(states=frozenset({TokenState.VALID})), now)
         query = sql.SQL(
             "WITH revoked AS (UPDATE {tokens} SET revoked_at = coalesce(revoked_at, %(now)s),"
@@ -542,7 +552,7 @@ class PostgresStore:
         return [row[0] for row in self._rows(query, params)]
 
     def set_expiry(self, token_id: str, expires_at: int) -> None:
-        """Give a token a new expiry (renew)."""
+        """Give a token a new expiry (renew); a revoked or used-up one is left as it is."""
         self._write(self._sql["set_expiry"], {"id": token_id, "at": expires_at})
 
     def cut_expiry(self, token_id: str, latest: int) -> None:
@@ -678,7 +688,11 @@ def _where(selector: TokenFilter, now: int) -> tuple[sql.SQL, dict[str, Any]]:
         # States that no stored token can be in (malformed, unknown...) select nothing.
         states = [_STATE_SQL[state] for state in sorted(selector.states) if state in _STATE_SQL]
         conditions.append(f"({' OR '.join(states)})" if states else "FALSE")
-    if selector.label is not None:
+    if selector.label is not None and "\x00" in selector.label:
+        # PostgreSQL text cannot hold NUL, so no stored label has one: nothing matches
+        # (as in SQLite), where sending it would fail the whole statement.
+        conditions.append("FALSE")
+    elif selector.label is not None:
         conditions.append("label = %(label)s")
         params["label"] = selector.label
     if selector.scopes:

@@ -341,9 +341,11 @@ class SQLiteStore:
         return ids
 
     def set_expiry(self, token_id: str, expires_at: int) -> None:
-        """Give a live token a new expiry (renew)."""
+        """Give a token a new expiry (renew); a revoked or used-up one is left as it is."""
         self._write(
-            "UPDATE tokens SET expires_at = ?2, ends_at = ?2 WHERE id = ?1", (token_id, expires_at)
+            "UPDATE tokens SET expires_at = ?2, ends_at = ?2 WHERE id = ?1"
+            " AND revoked_at IS NULL AND (uses_left IS NULL OR uses_left > 0)",
+            (token_id, expires_at),
         )
 
     def cut_expiry(self, token_id: str, latest: int) -> None:
