@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from databases import PostgresSchema, RawDatabase, SQLiteFile
 from typer.testing import CliRunner
 
 from tokencli.location import Location
 from tokencli.service import TokenService
 from tokencli.store import Store, open_backend, open_store
 
+from databases import PostgresSchema, RawDatabase, SQLiteFile
 from support import Clock, Served, start_server
 
 # PostgreSQL fixtures (postgres_cluster, postgres_schema, postgres_url, own_postgres_cluster):

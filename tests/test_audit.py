@@ -6,7 +6,6 @@ import json
 from collections.abc import Callable
 
 import pytest
-from databases import RawDatabase
 from typer.testing import CliRunner
 
 from tokencli.cli import app
@@ -14,6 +13,7 @@ from tokencli.errors import ExitStatus, NotFoundError, StorageError
 from tokencli.model import EVERY_TOKEN
 from tokencli.service import TokenService
 
+from databases import RawDatabase
 from support import Clock
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from databases import RawDatabase
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -21,14 +20,11 @@ from tokencli.location import Location
 from tokencli.service import TokenService
 from tokencli.store.sqlite import SQLiteStore
 
+from databases import RawDatabase
 from support import Clock
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")
 NO_DATABASE = pytest.mark.stores("sqlite", reason="no database involved")
-SQLITE_REVOKE_ORDER = (
-    "sqlite.py revoke_matching: its SELECT has no ORDER BY, so `revoke --label` prints IDs"
-    " in table order, unlike its --dry-run and unlike PostgreSQL (oldest first)"
-)
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 TOKEN_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state", "scopes"]
@@ -224,11 +220,7 @@ def test_revoke_needs_an_argument(runner: CliRunner) -> None:
 def test_revoke_by_selector_prints_what_its_dry_run_printed_oldest_first(
     runner: CliRunner,
     make_service: MakeService,
-    location: Location,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if location.url is None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SQLITE_REVOKE_ORDER))
     # Created a second apart, each expiring before the one made before it: the order of
     # creation is neither the order of the IDs nor that of the expiries.
     clock = Clock(time.time() - 100)
@@ -316,11 +308,6 @@ def test_purge_reports_and_is_quiet_when_nothing_to_do(
     assert len(json.loads(runner.invoke(app, ["list", "--all", "--json"]).stdout)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer.py _event accepts control characters (NUL) in action, outcome, source"
-    " and detail: SQLite stores them and exits 0, PostgreSQL cannot store NUL and exits 3",
-)
 def test_import_refuses_an_event_holding_a_nul_on_both_stores(
     runner: CliRunner, raw: RawDatabase
 ) -> None:

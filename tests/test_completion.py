@@ -9,12 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from databases import RawDatabase
 from typer.testing import CliRunner
 
 from tokencli.cli import app
 from tokencli.service import TokenService
 
+from databases import RawDatabase
 from support import Clock
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")

@@ -103,10 +103,6 @@ def test_renew_and_rotate_commands(runner: CliRunner) -> None:
     assert runner.invoke(app, ["rotate", token_id, "--grace", "-1m"]).exit_code == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.py _live_record says 'only a live token can be {action}ed': 'rotateed'",
-)
 def test_refusals_name_the_action_in_plain_words(service: TokenService) -> None:
     old = service.issue()
     service.revoke(old.info.id)

@@ -26,7 +26,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from databases import PostgresSchema
 from psycopg import sql
 
 from tokencli.location import Location
@@ -35,6 +34,7 @@ from tokencli.store import open_store
 from tokencli.store.postgres_schema import ADVISORY_LOCK_KEY, SCHEMA_VERSION
 from tokencli.store.sqlite import SQLiteStore
 
+from databases import PostgresSchema
 from pg_cluster import PASSWORD, PASSWORD_ROLE, PgCluster
 from support import EXECUTABLE, Client, Clock, needs_executable, tokencli
 

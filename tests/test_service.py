@@ -4,13 +4,13 @@ clock the test moves."""
 from __future__ import annotations
 
 import pytest
-from databases import RawDatabase
 
 from tokencli.errors import InvalidRequestError, NotFoundError
 from tokencli.model import EVERY_TOKEN, MAX_TTL_SECONDS, TokenState
 from tokencli.service import TokenService
 from tokencli.store.sqlite import SQLiteStore
 
+from databases import RawDatabase
 from support import START, Clock
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")
@@ -226,12 +226,6 @@ def test_stolen_database_holds_no_plaintext_token(service: TokenService, raw: Ra
     assert not any(token.token.split(":")[1] in repr(rows) for token in issued)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="both stores select 'live' as ends_at > now (sqlite.py and postgres.py _STATE_SQL,"
-    " counts, live_ids): a token revoked or used up after the clock's present time still"
-    " ends later, so a clock stepped back lists it as live and counts it twice",
-)
 def test_a_clock_stepped_back_lists_no_revoked_or_used_up_token_as_live(
     service: TokenService, clock: Clock
 ) -> None:

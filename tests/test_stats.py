@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from databases import RawDatabase
 from typer.testing import CliRunner
 
 from tokencli.cli import app
 from tokencli.location import Location
 from tokencli.service import TokenService
 
+from databases import RawDatabase
 from support import Clock
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")

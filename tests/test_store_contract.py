@@ -11,7 +11,6 @@ import hashlib
 from typing import Any
 
 import pytest
-from databases import RawDatabase
 
 from tokencli.errors import StorageError
 from tokencli.location import Location
@@ -19,15 +18,13 @@ from tokencli.model import AuditEvent, TokenFilter, TokenRecord, TokenState, end
 from tokencli.store import Store, open_store
 from tokencli.store.base import IdCollisionError
 
+from databases import RawDatabase
+
 pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 NOW = 1_790_000_000
 HOUR = 3600
 EVERY = TokenFilter(states=None)
-SQLITE_REVOKE_ORDER = (
-    "sqlite.py revoke_matching: its SELECT has no ORDER BY, so the IDs come in table order,"
-    " not oldest first as base.py says (and as PostgreSQL returns them)"
-)
 
 
 def token(
@@ -184,11 +181,7 @@ def test_revoke_matching_revokes_live_selected_tokens(store: Store) -> None:
     assert {record.revoked_at for record in revoked.values()} == {NOW}
 
 
-def test_revoke_matching_returns_ids_oldest_first(
-    store: Store, location: Location, request: pytest.FixtureRequest
-) -> None:
-    if location.url is None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SQLITE_REVOKE_ORDER))
+def test_revoke_matching_returns_ids_oldest_first(store: Store) -> None:
     with store.transaction():
         store.insert_tokens(selector_tokens())
     with store.transaction():

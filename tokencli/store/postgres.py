@@ -71,9 +71,16 @@ _TOKEN_COLUMNS = (
     "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, uses_limit, scopes"
 )
 _EVENT_COLUMNS = "at, action, token_id, outcome, source, detail"
+# Live: `ends_at > now` picks the rows through the index; the rest keeps out a token
+# revoked or used up "in the future" of a clock that stepped back.
+_LIVE_OF = (
+    "({t}ends_at > %(now)s AND {t}revoked_at IS NULL AND {t}expires_at > %(now)s"
+    " AND ({t}uses_left IS NULL OR {t}uses_left > 0))"
+)
+_LIVE = _LIVE_OF.format(t="")
 # The stored states as SQL (base.py and model.py define them).
 _STATE_SQL = {
-    TokenState.VALID: "ends_at > %(now)s",
+    TokenState.VALID: _LIVE,
     TokenState.REVOKED: "revoked_at IS NOT NULL",
     TokenState.EXPIRED: "(revoked_at IS NULL AND expires_at <= %(now)s)",
     TokenState.USED_UP: "(revoked_at IS NULL AND expires_at > %(now)s AND uses_left <= 0)",
@@ -135,28 +142,28 @@ _SQL = {
             ends_at = LEAST(ends_at, GREATEST(%(latest)s, created_at))
         WHERE id = %(id)s
         """,
-    "live_ids": """
-        SELECT id, label FROM {tokens}
-        WHERE ends_at > %(now)s AND id LIKE %(pattern)s
+    "live_ids": f"""
+        SELECT id, label FROM {{tokens}}
+        WHERE {_LIVE} AND id LIKE %(pattern)s
         ORDER BY id LIMIT %(limit)s
         """,
-    "scopes_in_use": """
-        SELECT DISTINCT s.name FROM {tokens} AS t, unnest(t.scopes) AS s(name)
-        WHERE t.ends_at > %(now)s AND s.name LIKE %(pattern)s
+    "scopes_in_use": f"""
+        SELECT DISTINCT s.name FROM {{tokens}} AS t, unnest(t.scopes) AS s(name)
+        WHERE {_LIVE_OF.format(t="t.")} AND s.name LIKE %(pattern)s
         ORDER BY s.name LIMIT %(limit)s
         """,
     "count_ended": "SELECT count(*) FROM {tokens} WHERE ends_at <= %s",
     "purge": "DELETE FROM {tokens} WHERE ends_at <= %s",
-    "counts": """
-        SELECT count(*) FILTER (WHERE ends_at > %(now)s),
+    "counts": f"""
+        SELECT count(*) FILTER (WHERE {_LIVE}),
                count(*) FILTER (WHERE revoked_at IS NULL AND expires_at <= %(now)s),
                count(*) FILTER (WHERE revoked_at IS NULL AND expires_at > %(now)s
                                       AND uses_left <= 0),
                count(*) FILTER (WHERE revoked_at IS NOT NULL),
-               min(expires_at) FILTER (WHERE ends_at > %(now)s),
-               (SELECT count(*) FROM {audit}),
-               (SELECT min(at) FROM {audit})
-        FROM {tokens}
+               min(expires_at) FILTER (WHERE {_LIVE}),
+               (SELECT count(*) FROM {{audit}}),
+               (SELECT min(at) FROM {{audit}})
+        FROM {{tokens}}
         """,
     # ORDER BY n: the IDs (and so the order of events at the same second) follow the input.
     "record": f"""

@@ -329,7 +329,12 @@ class SQLiteStore:
     def revoke_matching(self, selector: TokenFilter, now: int) -> list[str]:
         """Revoke every live token the filter selects; return their IDs, oldest first."""
         where, parameters = _where(selector._replace(states=frozenset({TokenState.VALID})), now)
-        ids = [row[0] for row in self._rows(f"SELECT id FROM tokens {where}", parameters)]
+        ids = [
+            row[0]
+            for row in self._rows(
+                f"SELECT id FROM tokens {where} ORDER BY created_at, id", parameters
+            )
+        ]
         for start in range(0, len(ids), _IDS_PER_QUERY):
             chunk = ids[start : start + _IDS_PER_QUERY]
             marks = ", ".join("?" * len(chunk))
