@@ -512,6 +512,17 @@ def _failure(error: Exception, template: str, config: ApiConfig) -> Answer:
     return answer._replace(route=template)
 
 
+def _handle(route: Route, call: Call) -> Answer:
+    """Run a route's handler; one that needs the store runs in a savepoint of its own,
+    so a failing statement (which aborts a whole PostgreSQL transaction) costs this
+    request alone, never the batch it was answered in."""
+    assert route.handler is not None
+    if not route.needs_store:
+        return route.handler(call)
+    with call.service.store.transaction():
+        return route.handler(call)
+
+
 def answer_batch(
     service: TokenService | None,
     requests: Sequence[Request],
@@ -559,9 +570,9 @@ def answer_batch(
                 group.append((index, template, route.presents(request, params)))
                 continue
             judge_group()  # keep the order of a client's pipelined requests
-            assert route.handler is not None
-            answers[index] = route.handler(Call(service, request, params, config))  # type: ignore[arg-type]
-            answers[index] = answers[index]._replace(route=template)  # type: ignore[union-attr]
+            answers[index] = _handle(route, Call(service, request, params, config))._replace(  # type: ignore[arg-type]
+                route=template
+            )
         except Exception as error:
             answers[index] = _failure(error, template, config)
     judge_group()

@@ -7,9 +7,10 @@ the faster on one core: docs/benchmarks.md) answers between two selects; the poo
 batches to worker threads, each with its own store, for stores where a batch waits on
 the network.
 
-A store that fails is closed and opened again on a later batch (at most every half
-second), so a database that went away and came back is used again without a restart;
-meanwhile what needs it gets 503 and the rest is answered as usual.
+A store that fails is closed, and the next batch opens a fresh one; if the database
+cannot be reached, opening is tried again at most every half second, and meanwhile what
+needs it gets 503 and the rest is answered as usual. A database that went away and came
+back is used again without a restart.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class Answerer:
                 pass
         self._service = None
         self._unavailable = reason
-        self._retry_at = time.monotonic() + REOPEN_SECONDS
+        # The next batch opens a fresh store at once; only if that fails are the
+        # following ones answered without a store, for REOPEN_SECONDS at a time.
+        self._retry_at = 0.0
 
     def answer(self, requests: list[Request]) -> list[Answer]:
         """Answer the requests in one transaction (503 for all if it cannot commit)."""

@@ -99,7 +99,7 @@ class SQLiteStore:
         self._write_lock = write_lock if write_lock is not None else contextlib.nullcontext()
         self._watch = watch
         self._writable = writable
-        self._in_batch = False
+        self._depth = 0  # open blocks: 1 is the transaction, more are savepoints
 
     @classmethod
     def open(
@@ -156,31 +156,11 @@ class SQLiteStore:
     def transaction(self) -> Iterator[None]:
         """Run the block as one write transaction, taking the write lock at the start.
 
-        Inside `batch()` it becomes a savepoint: it commits with the batch, and a failure
-        rolls back this block alone.
+        Inside another block (`batch()`, or a transaction) it becomes a savepoint: it
+        commits with the outer block, and a failure rolls back this block alone.
         """
-        if self._in_batch:
-            with self._errors():
-                self._connection.execute("SAVEPOINT step")
-                try:
-                    yield
-                except BaseException:
-                    if self._connection.in_transaction:
-                        self._connection.execute("ROLLBACK TO step")
-                        self._connection.execute("RELEASE step")
-                    raise
-                self._connection.execute("RELEASE step")
-            return
-        self._check_watch()
-        with self._write_lock, self._errors():
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                if self._connection.in_transaction:
-                    self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
+        with self._block():
+            yield
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -190,23 +170,49 @@ class SQLiteStore:
         the requests that arrived together in one batch and sends the answers only once
         it has committed, so no client hears of a change that was not stored.
         """
+        with self._block():
+            yield
+
+    @contextlib.contextmanager
+    def _block(self) -> Iterator[None]:
+        connection = self._connection
+        if self._depth:
+            name = f"step{self._depth}"
+            with self._errors():
+                self._refuse_if_rolled_back()
+                connection.execute(f"SAVEPOINT {name}")
+                self._depth += 1
+                try:
+                    yield
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute(f"ROLLBACK TO {name}")
+                        connection.execute(f"RELEASE {name}")
+                    raise
+                finally:
+                    self._depth -= 1
+                connection.execute(f"RELEASE {name}")
+            return
         self._check_watch()
         with self._write_lock, self._errors():
-            self._connection.execute("BEGIN IMMEDIATE")
-            self._in_batch = True
+            connection.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield
-                if not self._connection.in_transaction:
-                    # SQLite rolled the whole batch back itself (disk full, I/O error):
-                    # nothing may be answered as if it were stored.
-                    raise StorageError(f"database at {self.path} rolled back a write")
+                self._refuse_if_rolled_back()
             except BaseException:
-                if self._connection.in_transaction:
-                    self._connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
             finally:
-                self._in_batch = False
-            self._connection.execute("COMMIT")
+                self._depth = 0
+            connection.execute("COMMIT")
+
+    def _refuse_if_rolled_back(self) -> None:
+        # SQLite rolls a whole transaction back itself on some failures (disk full, I/O
+        # error). Nothing may then be answered as stored, nor run on in autocommit.
+        if not self._connection.in_transaction:
+            raise StorageError(f"database at {self.path} rolled back a write")
 
     def set_autocheckpoint(self, pages: int) -> None:
         """WAL pages after which a commit also checkpoints; 0 leaves it to the upkeep."""
