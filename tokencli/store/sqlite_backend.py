@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tokencli.errors import StorageError, TokencliError
-from tokencli.store.sqlite import FileWatch, SQLiteStore
+from tokencli.store.sqlite import SQLiteStore
+from tokencli.store.sqlite_connection import FileWatch
 
 CHECKPOINT_SECONDS = 0.5
 
