@@ -172,9 +172,11 @@ class PostgresSchema:
 
     @contextlib.contextmanager
     def hold_write_lock(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        from tokencli.store import postgres
+        from tokencli.store import postgres_connection
 
-        monkeypatch.setattr(postgres, "_SET_LOCK_TIMEOUT", "SET LOCAL lock_timeout = '200ms'")
+        monkeypatch.setattr(
+            postgres_connection, "_SET_LOCK_TIMEOUT", "SET LOCAL lock_timeout = '200ms'"
+        )
         with self._connect() as holder, holder.transaction():
             # Reads go on; every insert, update and delete of a token waits.
             holder.execute("LOCK TABLE tokens IN EXCLUSIVE MODE")

@@ -25,7 +25,7 @@ from psycopg import pq, sql
 
 from tokencli.errors import StorageError
 from tokencli.model import AuditEvent, TokenFilter, TokenRecord
-from tokencli.store import postgres
+from tokencli.store import postgres, postgres_connection
 from tokencli.store.base import IdCollisionError
 from tokencli.store.postgres import PostgresBackend, PostgresStore, open_postgres
 from tokencli.store.postgres_schema import SCHEMA_VERSION
@@ -546,7 +546,9 @@ def test_a_lost_connection_is_a_storage_error_and_stays_one(
 def test_a_row_locked_past_the_timeout_is_a_storage_error(
     store: PostgresStore, admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(postgres, "_SET_LOCK_TIMEOUT", "SET LOCAL lock_timeout = '100ms'")
+    monkeypatch.setattr(
+        postgres_connection, "_SET_LOCK_TIMEOUT", "SET LOCAL lock_timeout = '100ms'"
+    )
     store.insert_tokens([token("busy")])
     tokens_table = sql.Identifier(store.schema, "tokens")
     with admin.transaction():
@@ -587,11 +589,11 @@ def test_without_psycopg_the_package_imports_and_a_url_says_what_to_install() ->
     result = subprocess.run(
         [sys.executable, "-c", child], capture_output=True, text=True, check=True, cwd=REPO
     )
-    assert result.stdout == f"{postgres.NOT_INSTALLED}\n"
+    assert result.stdout == f"{postgres_connection.NOT_INSTALLED}\n"
 
 
 def test_only_the_postgres_modules_import_psycopg() -> None:
-    allowed = {"postgres.py", "postgres_schema.py"}
+    allowed = {"postgres.py", "postgres_connection.py", "postgres_schema.py"}
     for path in (REPO / "tokencli").rglob("*.py"):
         if path.name in allowed:
             continue
