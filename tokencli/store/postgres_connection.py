@@ -47,7 +47,7 @@ else:
     logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
-NOTINSTALLED = "PostgreSQL support is not installed: pip install 'tokencli[postgres]'"
+NOT_INSTALLED = "PostgreSQL support is not installed: pip install 'tokencli[postgres]'"
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -67,7 +67,7 @@ _SET_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'"
 
 def _require_psycopg() -> None:
     if not INSTALLED:
-        raise StorageError(NOTINSTALLED)
+        raise StorageError(NOT_INSTALLED)
 
 
 def _secrets_in(url: str) -> list[str]:
