@@ -22,13 +22,14 @@ from typer.testing import CliRunner
 
 from tokencli import api, tokens
 from tokencli.api import ApiConfig
+from tokencli.checking import Presented
 from tokencli.cli import app
 from tokencli.errors import InvalidRequestError
 from tokencli.http11 import Request
 from tokencli.model import MAX_SCOPES, TokenState
 from tokencli.output import iso_time
 from tokencli.rules import validate_scope, validate_scopes
-from tokencli.service import Presented, TokenService
+from tokencli.service import TokenService
 from tokencli.store.sqlite import SQLiteStore
 
 from support import Clock, Served

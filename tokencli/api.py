@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from tokencli import openapi, output, tokens
+from tokencli.checking import Presented
 from tokencli.durations import DurationError, parse_duration
 from tokencli.errors import InvalidRequestError, NotFoundError, StorageError, TokencliError
 from tokencli.http11 import HttpError, Request
@@ -36,7 +37,7 @@ from tokencli.model import (
     TokenState,
 )
 from tokencli.rules import expiry_horizon, validate_positive, validate_scopes
-from tokencli.service import Presented, TokenService
+from tokencli.service import TokenService
 
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"

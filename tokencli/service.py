@@ -12,11 +12,10 @@ corrected clock brings them back.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 from tokencli import tokens
+from tokencli.checking import TokenChecker
 from tokencli.errors import InvalidRequestError, NotFoundError
 from tokencli.model import (
     DEFAULT_AUDIT_RETENTION_SECONDS,
@@ -26,7 +25,6 @@ from tokencli.model import (
     MAX_TTL_SECONDS,
     MAX_USES,
     AuditEvent,
-    CheckResult,
     IssuedToken,
     PurgeResult,
     TokenFilter,
@@ -34,10 +32,8 @@ from tokencli.model import (
     TokenRecord,
     TokenState,
 )
-from tokencli.reader import TokenReader, parse_presented
 from tokencli.rules import (
     info,
-    lacks_scopes,
     lifetime,
     matches_nothing,
     renewed_expiry,
@@ -55,26 +51,14 @@ ISSUE_BATCH_SIZE = 50_000
 _ID_COLLISION_RETRIES = 3
 
 
-class Presented(NamedTuple):
-    """A token presented for a check, and the scopes the caller requires of it."""
-
-    text: str
-    scopes: tuple[str, ...] = ()
-
-
-class TokenService(TokenReader):
-    """Issue, check, revoke, renew, rotate and purge tokens in one store (and, as a
-    TokenReader, show, list, count and audit them).
+class TokenService(TokenChecker):
+    """Issue, revoke, renew, rotate and purge tokens in one store (and, as a TokenChecker,
+    check them; as a TokenReader, show, list, count and audit them).
 
     Every action that changes something appends one audit event per token it touches, in
     the same transaction as the change, tagged with `source` ("cli" or "http"). Events
     hold IDs and outcomes, never a secret. Looking (`show`, `list`) writes nothing.
     """
-
-    def _event(
-        self, now: int, action: str, token_id: str | None, outcome: str, detail: str | None = None
-    ) -> AuditEvent:
-        return AuditEvent(now, action, token_id, outcome, self._source, detail)
 
     # -- issue ---------------------------------------------------------------------------
 
@@ -159,124 +143,6 @@ class TokenService(TokenReader):
                 for record, new in zip(records, fresh, strict=True)
             ]
         raise AssertionError("unreachable")  # pragma: no cover
-
-    # -- check ---------------------------------------------------------------------------
-
-    def check(self, text: str, scopes: Sequence[object] = ()) -> CheckResult:
-        """Judge a presented token; a valid one uses up one use of a use-limited token."""
-        return self.check_many([Presented(text, validate_scopes(scopes, limit=None))])[0]
-
-    def check_many(self, presented: Sequence[Presented]) -> list[CheckResult]:
-        """Judge several presented tokens in one transaction, in order.
-
-        The verdict order is malformed, unknown, revoked, expired, used_up,
-        insufficient_scope, valid. A token lacking a required scope takes no use. The
-        same single-use token presented twice is valid once, and every verdict is what
-        the checks one by one would have said. Each check is one audit event. The reads
-        cost a constant number of queries whatever the number of tokens; taking uses is
-        the store's consume_uses (on SQLite, a statement per use-limited token).
-        """
-        token_ids = [parse_presented(item.text) for item in presented]
-        with self._store.transaction():
-            now = self.now()
-            known = [token_id for token_id in token_ids if token_id is not None]
-            records = self._store.get_many(known) if known else {}
-            verdicts: list[tuple[TokenState, TokenRecord | None]] = []
-            wanted: Counter[str] = Counter()
-            for item, token_id in zip(presented, token_ids, strict=True):
-                record = records.get(token_id) if token_id is not None else None
-                state = self._judge(item, token_id, record, now)
-                if state is TokenState.UNKNOWN:
-                    # A stored ID with a wrong secret: whoever holds only the ID learns
-                    # nothing of that token (label, scopes, uses), here or in the trail.
-                    record = None
-                if (
-                    state is TokenState.VALID
-                    and record is not None
-                    and record.uses_left is not None
-                ):
-                    wanted[record.id] += 1
-                verdicts.append((state, record))
-            granted = self._store.consume_uses(wanted, now) if wanted else {}
-            results = self._hand_out_uses(verdicts, granted, now)
-            self._store.record(
-                [
-                    self._event(now, "check", result.info.id if result.info else None, result.state)
-                    for result in results
-                ]
-            )
-        return results
-
-    @staticmethod
-    def _judge(
-        item: Presented, token_id: str | None, record: TokenRecord | None, now: int
-    ) -> TokenState:
-        if token_id is None:
-            return TokenState.MALFORMED
-        if record is None or not tokens.matches(item.text, record.secret_hash):
-            return TokenState.UNKNOWN
-        state = state_at(record, now)
-        if state is TokenState.VALID and lacks_scopes(record, item.scopes):
-            return TokenState.INSUFFICIENT_SCOPE
-        return state
-
-    def _hand_out_uses(
-        self,
-        verdicts: list[tuple[TokenState, TokenRecord | None]],
-        granted: dict[str, tuple[int, int]],
-        now: int,
-    ) -> list[CheckResult]:
-        """Give the uses the store granted to the checks that asked, first come first.
-
-        Each verdict is what a check one by one would have said: a check lacking a scope
-        sees the uses the earlier checks of the batch left (and `used_up` if none).
-        """
-        handed: Counter[str] = Counter()
-        ended: dict[str, CheckResult] = {}  # tokens an earlier check found used up (or worse)
-        results = []
-        for state, record in verdicts:
-            if record is None:
-                results.append(CheckResult(state))
-                continue
-            if state is TokenState.INSUFFICIENT_SCOPE and record.uses_left is not None:
-                results.append(ended.get(record.id) or self._lacking(record, granted, handed))
-                continue
-            if state is not TokenState.VALID or record.uses_left is None:
-                results.append(CheckResult(state, info(record, state)))
-                continue
-            count, left_after = granted.get(record.id, (0, 0))
-            if handed[record.id] < count:
-                uses_left = left_after + (count - 1 - handed[record.id])
-                handed[record.id] += 1
-                results.append(
-                    CheckResult(state, info(record, state)._replace(uses_left=uses_left))
-                )
-                continue
-            # No use left for this one: taken by an earlier check of this batch, or by
-            # another process since the read (which may also have revoked it).
-            fresh = self._store.get(record.id) if handed[record.id] == 0 else None
-            late = state_at(fresh, now) if fresh is not None else TokenState.USED_UP
-            if late is TokenState.VALID:
-                late = TokenState.USED_UP
-            current = fresh if fresh is not None else record._replace(uses_left=0)
-            ended[record.id] = CheckResult(late, info(current, late))
-            results.append(ended[record.id])
-        return results
-
-    @staticmethod
-    def _lacking(
-        record: TokenRecord, granted: dict[str, tuple[int, int]], handed: Counter[str]
-    ) -> CheckResult:
-        """The verdict on a use-limited token lacking a scope, after the uses handed out
-        so far in this batch: insufficient_scope, or used_up once none is left."""
-        uses_left = record.uses_left
-        if handed[record.id]:
-            count, left_after = granted[record.id]
-            uses_left = left_after + (count - handed[record.id])
-        state = TokenState.INSUFFICIENT_SCOPE
-        if uses_left is not None and uses_left <= 0:
-            state = TokenState.USED_UP
-        return CheckResult(state, info(record, state)._replace(uses_left=uses_left))
 
     # -- show, revoke, renew, rotate ------------------------------------------------------
 
