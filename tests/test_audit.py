@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -145,3 +146,28 @@ def test_purge_audit_retention_option(runner: CliRunner) -> None:
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"purged": 0, "dry_run": False}
     assert runner.invoke(app, ["purge", "--audit-retention", "0"]).exit_code == ExitStatus.USAGE
+
+
+def test_purge_keeps_ninety_days_of_audit_by_default(
+    service: TokenService, clock: Clock, runner: CliRunner
+) -> None:
+    service.issue()  # an event now
+    clock.advance(89 * 86_400)
+    service.issue()  # an event 89 days later
+    clock.advance(2 * 86_400)  # the first is now 91 days old, the second 2
+    result = service.purge()
+    assert result.audit_events_dropped == 1
+    assert [event.action for event in service.audit()] == ["issue", "purge"]
+
+
+def test_audit_retention_none_keeps_every_event(
+    runner: CliRunner, make_service: Callable[..., TokenService]
+) -> None:
+    clock = Clock(time.time() - 400 * 86_400)
+    make_service(clock).issue()  # an event 400 days ago (the token long expired)
+    kept = runner.invoke(app, ["purge", "--audit-retention", "none", "--json"])
+    assert kept.exit_code == 0 and json.loads(kept.stdout) == {"purged": 1, "dry_run": False}
+    events = json.loads(runner.invoke(app, ["audit", "--json"]).stdout)
+    assert [event["action"] for event in events] == ["issue", "purge"]
+    dropped = runner.invoke(app, ["purge", "--json"])  # the default: 90 days
+    assert json.loads(dropped.stdout)["audit_events_dropped"] == 1

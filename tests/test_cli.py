@@ -149,6 +149,22 @@ def test_check_reads_stdin_when_dash_or_absent(runner: CliRunner) -> None:
     assert (empty.exit_code, empty.stdout) == (1, "malformed\n")
 
 
+def test_check_skips_blank_lines_before_the_token_on_stdin(runner: CliRunner) -> None:
+    token = issue(runner)
+    result = runner.invoke(app, ["check"], input=f"\n  \n\t\r\n{token}\n")
+    assert (result.exit_code, result.stdout) == (0, "valid\n")
+    only_blank = runner.invoke(app, ["check"], input="\n\n\n")
+    assert (only_blank.exit_code, only_blank.stdout) == (1, "malformed\n")
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u3000", "\u200b", "\ufeff"])
+def test_only_ascii_whitespace_around_a_token_is_ignored(runner: CliRunner, space: str) -> None:
+    token = issue(runner)
+    assert runner.invoke(app, ["check", f" \t{token}\n"]).exit_code == 0
+    wrapped = runner.invoke(app, ["check", f"{space}{token}{space}"])
+    assert (wrapped.exit_code, wrapped.stdout) == (1, "malformed\n")
+
+
 def test_check_every_verdict_and_exit_code(runner: CliRunner, make_service: MakeService) -> None:
     valid = issue(runner)
     single = issue(runner, "--uses", "1")

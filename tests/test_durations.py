@@ -73,3 +73,22 @@ def test_any_text_gives_a_number_or_a_clean_error(text: str) -> None:
     else:
         assert isinstance(seconds, int)
         assert seconds >= 0
+
+
+@pytest.mark.parametrize("text", ["１５m", "١٥m", "१५", "15m\u0660", "𝟏𝟓s"])
+def test_only_ascii_digits_count(text: str) -> None:
+    with pytest.raises(DurationError):
+        parse_duration(text)
+
+
+@given(
+    st.text(
+        alphabet=st.characters(categories=["Nd"], exclude_characters="0123456789"),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_no_unicode_digit_is_a_number_of_seconds(digits: str) -> None:
+    for text in (digits, f"{digits}m", f"1h{digits}m"):
+        with pytest.raises(DurationError):
+            parse_duration(text)

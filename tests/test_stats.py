@@ -47,7 +47,20 @@ def test_stats_command(runner: CliRunner, location: Location) -> None:
     assert body["live"] == 3 and body["database"] == location.shown
     assert body["next_expiry"].endswith("Z")
     assert body["size_bytes"] > 0
+    assert body["audit_events"] == 3 and body["oldest_event"].endswith("Z")
+    assert list(body) == [
+        "live",
+        "expired",
+        "used_up",
+        "revoked",
+        "next_expiry",
+        "audit_events",
+        "oldest_event",
+        "database",
+        "size_bytes",
+    ]
     plain = runner.invoke(app, ["stats"]).stdout
+    assert "audit_events\t3" in plain.splitlines()
     assert plain.splitlines()[0] == "live\t3"
     assert f"database\t{location.shown}" in plain.splitlines()
     assert "\x1b" not in plain

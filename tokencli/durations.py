@@ -13,8 +13,9 @@ UNIT_SECONDS: dict[str, int] = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, 
 _UNIT_ORDER = "wdhms"
 # Long inputs are refused before any regex work: no real TTL needs more characters.
 _MAX_TEXT = 40
-_PART = re.compile(r"(\d+)([a-z])")
-_BARE = re.compile(r"\d+")
+# ASCII digits only: `\d` would also take "１５" or "١٥", which nobody types as a TTL.
+_PART = re.compile(r"([0-9]+)([a-z])")
+_BARE = re.compile(r"[0-9]+")
 
 
 class DurationError(ValueError):
