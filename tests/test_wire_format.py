@@ -41,3 +41,9 @@ def test_verdict_bodies_are_the_json_of_their_fields(
     assert json.loads(answer.body) == expected
     assert list(json.loads(answer.body)) == list(expected)  # the original keys first
     assert answer.verdict == state.value and answer.status == 200
+
+
+@given(info=INFOS, label=st.none() | st.text(max_size=40))
+def test_listing_lines_are_the_json_of_token_json(info: TokenInfo, label: str | None) -> None:
+    info = info._replace(label=label)
+    assert output.token_json_text(info) == json.dumps(output.token_json(info))

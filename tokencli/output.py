@@ -9,6 +9,7 @@ label can neither colour a terminal nor move its cursor.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -26,8 +27,12 @@ TABLE_HEADERS = ("ID", "LABEL", "CREATED", "EXPIRES", "USES LEFT", "STATE", "SCO
 EVENT_HEADERS = ("TIME", "ACTION", "TOKEN", "OUTCOME", "SOURCE", "DETAIL")
 
 
+@functools.lru_cache(maxsize=4096)
 def iso_time(epoch_seconds: int) -> str:
-    """ISO 8601 UTC with a Z, e.g. 2026-11-27T10:05:00Z."""
+    """ISO 8601 UTC with a Z, e.g. 2026-11-27T10:05:00Z.
+
+    Cached: a listing in creation order, and tokens issued in bulk, repeat their seconds.
+    """
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_seconds))
 
 
@@ -233,27 +238,60 @@ def write_plain_table(stream: TextIO, tokens: Iterable[TokenInfo]) -> None:
     write_lines(stream, map(_plain_row, tokens))
 
 
-def write_json_array(stream: TextIO, items: Iterable[dict[str, Any]]) -> None:
-    """One JSON array, written item by item (flat memory); `[]` when there is none."""
+def token_json_text(info: TokenInfo) -> str:
+    """`json.dumps(token_json(info))`, written directly for listings of millions.
+
+    Only the label needs escaping: IDs are a-z2-7, scope names a-z0-9:._-, times ISO
+    8601, states fixed words. tests/test_wire_format.py checks it against json.dumps.
+    """
+    label = "null" if info.label is None else _json_string(info.label)
+    uses = "null" if info.uses_left is None else str(info.uses_left)
+    scopes = ", ".join(f'"{name}"' for name in info.scopes)
+    return (
+        f'{{"id": "{info.id}", "label": {label}, '
+        f'"created_at": "{iso_time(info.created_at)}", '
+        f'"expires_at": "{iso_time(info.expires_at)}", "uses_left": {uses}, '
+        f'"state": "{info.state}", "scopes": [{scopes}]}}'
+    )
+
+
+@functools.cache
+def _string_encoder() -> Callable[[str], str]:
+    # What json.dumps uses for strings, in C; imported on first use (start-up time).
+    from json.encoder import encode_basestring_ascii
+
+    return encode_basestring_ascii
+
+
+def _json_string(text: str) -> str:
+    return _string_encoder()(text)
+
+
+def encode_json(value: Any) -> str:
+    """One JSON value as text (ASCII only, as everywhere in tokencli's output)."""
     import json
 
-    encode = json.JSONEncoder().encode
+    return json.dumps(value)
+
+
+def write_json_array(stream: TextIO, texts: Iterable[str]) -> None:
+    """One JSON array of already-encoded values, written a thousand at a time (flat
+    memory); `[]` when there is none."""
     separator = "["
     chunk: list[str] = []
-    for item in items:
-        chunk.append(separator + encode(item))
+    for text in texts:
+        chunk.append(separator)
+        chunk.append(text)
         separator = ", "
-        if len(chunk) >= 1000:
+        if len(chunk) >= 2000:
             stream.write("".join(chunk))
             chunk.clear()
     stream.write("".join(chunk) + ("]\n" if separator == ", " else "[]\n"))
 
 
-def write_json_lines(stream: TextIO, items: Iterable[dict[str, Any]]) -> None:
-    """One JSON object per line, streamed."""
-    import json
-
-    write_lines(stream, map(json.JSONEncoder().encode, items))
+def write_json_lines(stream: TextIO, texts: Iterable[str]) -> None:
+    """Already-encoded JSON values, one per line, streamed."""
+    write_lines(stream, texts)
 
 
 def write_rich_table(stream: TextIO, tokens: Iterable[TokenInfo], now: int) -> None:

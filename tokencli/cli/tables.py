@@ -95,9 +95,9 @@ def list_tokens(
             )
             rows = listing.list_tokens(selector)
             if json_output:
-                output.write_json_array(sys.stdout, (output.token_json(info) for info in rows))
+                output.write_json_array(sys.stdout, map(output.token_json_text, rows))
             elif jsonl:
-                output.write_json_lines(sys.stdout, (output.token_json(info) for info in rows))
+                output.write_json_lines(sys.stdout, map(output.token_json_text, rows))
             elif output.wants_rich(sys.stdout):
                 output.write_rich_table(sys.stdout, rows, now)
             else:
@@ -245,7 +245,8 @@ def export(
             now=now,
             limit=limit,
         )
-        output.write_json_lines(sys.stdout, export_objects(exporting, selector, audit=audit_events))
+        objects = export_objects(exporting, selector, audit=audit_events)
+        output.write_json_lines(sys.stdout, map(output.encode_json, objects))
 
 
 @app.command(name="import")

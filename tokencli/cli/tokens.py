@@ -201,7 +201,7 @@ def show(
                 error(str(failure))
                 missing += 1
         if json_output:
-            output.write_json_lines(sys.stdout, (output.token_json(info) for info in found))
+            output.write_json_lines(sys.stdout, map(output.token_json_text, found))
         elif found and output.wants_rich(sys.stdout):
             output.write_rich_table(sys.stdout, found, looking.now())
         elif found:
