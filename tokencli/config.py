@@ -32,13 +32,16 @@ class Limits(NamedTuple):
     max_drain_bytes: int = 16 * 1024 * 1024
     # Past this much unsent output a connection is not read (back-pressure).
     output_high_water: int = 256 * 1024
-    # Requests of one connection answered in one batch, and of all in one transaction.
-    max_pipelined: int = 16
+    # Requests of one connection answered in one batch, and of all in one transaction:
+    # few per connection, so clients that pipeline hard get no more than their share.
+    max_pipelined: int = 4
     max_batch: int = 256
     listen_backlog: int = 1024
     recv_bytes: int = 65536
     # Open client connections; past it, new ones wait in the listen backlog.
     max_connections: int = 1000
+    # TLS handshakes under way; past it, the oldest is dropped (each holds TLS buffers).
+    max_handshakes: int = 1000
 
 
 class ServerConfig(NamedTuple):

@@ -49,6 +49,9 @@ class Hub(Protocol):
     def log_refusal(self, connection: Connection, status: int) -> None:
         """Log a request refused before it was framed (no method, no path)."""
 
+    def handshake_done(self, connection: Connection) -> None:
+        """A TLS handshake has finished."""
+
 
 class Connection:
     """One client connection as the event loop sees it."""
@@ -129,6 +132,7 @@ class Connection:
             self.close()
             return
         self.handshaking = False
+        self.hub.handshake_done(self)
         self.last_active = time.monotonic()
         self.set_events(READ)
         if sock.pending():

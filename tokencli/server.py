@@ -38,6 +38,9 @@ from tokencli.metrics import Counters
 from tokencli.store import Backend
 
 _ACCEPTS_PER_TURN = 256
+# A sweep pass looks at a tenth of the connections per turn, at least this many.
+_SWEEP_MIN = 256
+_SWEEP_TURN = 0.1  # seconds between turns while a pass is under way and nothing else is
 _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
 
 
@@ -88,6 +91,11 @@ class TokenHTTPServer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._dispatcher: Dispatcher | None = None
+        self._sweeping: list[Connection] = []  # connections still to look at this pass
+        self._sweep_slice = _SWEEP_MIN
+        self._next_sweep = 0.0
+        # Connections in a TLS handshake, oldest first (dicts keep insertion order).
+        self._handshaking: dict[int, Connection] = {}
 
     @property
     def url(self) -> str:
@@ -160,11 +168,10 @@ class TokenHTTPServer:
     def _loop(self, poll_interval: float) -> None:
         assert self._dispatcher is not None
         stop_deadline: float | None = None
-        next_sweep = 0.0
         while True:
             # Requests framed but not yet answered (pipelined ones, after a delivery) must
-            # not wait for the poll interval.
-            timeout = 0 if self._ready else poll_interval
+            # not wait for the poll interval; nor a sweep under way.
+            timeout = 0 if self._ready else (_SWEEP_TURN if self._sweeping else poll_interval)
             for key, mask in self.selector.select(timeout=timeout):
                 if key.fileobj is self._listener:
                     self._accept()
@@ -186,9 +193,7 @@ class TokenHTTPServer:
             for job in finished:
                 self._send_answers(job.connection)
             now = time.monotonic()
-            if now >= next_sweep:
-                next_sweep = now + 1.0  # a sweep passes over every connection: once a second
-                self._sweep(now)
+            self._sweep_step(now)
             if self._stopping.is_set():
                 if stop_deadline is None:
                     stop_deadline = now + self.limits.request_timeout
@@ -240,8 +245,26 @@ class TokenHTTPServer:
             connection = Connection(self, sock, str(address[0]), now, handshaking=tls is not None)
             self._connections[sock.fileno()] = connection
             connection.set_events(READ)
+            if tls is not None:
+                self._start_handshake(connection)
             if self.counters is not None:
                 self.counters.open_connections = len(self._connections)
+
+    def _start_handshake(self, connection: Connection) -> None:
+        """Track a TLS handshake; past `max_handshakes` under way, drop the oldest.
+
+        A handshake holds TLS buffers (tens of KiB): 20,000 stalled ones would hold most
+        of a gigabyte. A real client's handshake takes milliseconds, so the oldest under
+        way is the likeliest to be stalled.
+        """
+        self._handshaking[connection.sock.fileno()] = connection
+        while len(self._handshaking) > self.limits.max_handshakes:
+            oldest = next(iter(self._handshaking.values()))
+            oldest.close()  # closed() forgets it
+
+    def handshake_done(self, connection: Connection) -> None:
+        """A TLS handshake finished: it no longer counts against the cap."""
+        self._handshaking.pop(connection.sock.fileno(), None)
 
     def _pause_accepting(self) -> None:
         if self._accepting:
@@ -261,6 +284,7 @@ class TokenHTTPServer:
     def closed(self, fileno: int) -> None:
         """Forget a closed connection; accept again if the cap had paused accepting."""
         self._connections.pop(fileno, None)
+        self._handshaking.pop(fileno, None)
         if self.counters is not None:
             self.counters.open_connections = len(self._connections)
         if (
@@ -319,12 +343,31 @@ class TokenHTTPServer:
 
     # -- time -----------------------------------------------------------------------------
 
-    def _sweep(self, now: float) -> None:
+    def _sweep_step(self, now: float) -> None:
+        """Pass over every connection about once a second, a slice per turn of the loop.
+
+        Twenty thousand connections timing out together would otherwise close in one go
+        and stall everyone else for a few hundred milliseconds; a slice per turn lets the
+        well-behaved clients' requests through between slices.
+        """
+        if not self._sweeping:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + 1.0
+            self._sweeping = self.connections()
+            self._sweep_slice = max(_SWEEP_MIN, len(self._sweeping) // 10)
+        batch = self._sweeping[-self._sweep_slice :]
+        del self._sweeping[-self._sweep_slice :]
+        self._sweep(batch, now)
+
+    def _sweep(self, connections: list[Connection], now: float) -> None:
         """Close what overstayed: handshakes, requests, unread output, idle keep-alives."""
         limits = self.limits
         crowded = len(self._connections) >= limits.max_connections
         idle_limit = limits.idle_under_pressure if crowded else limits.idle_timeout
-        for connection in self.connections():
+        for connection in connections:
+            if not connection.is_open:
+                continue
             if connection.draining_until:
                 if now > connection.draining_until:
                     connection.close()
