@@ -52,6 +52,9 @@ class Hub(Protocol):
     def handshake_done(self, connection: Connection) -> None:
         """A TLS handshake has finished."""
 
+    def touched(self, connection: Connection) -> None:
+        """Bytes arrived: the connection is among the most recently heard from."""
+
 
 class Connection:
     """One client connection as the event loop sees it."""
@@ -172,6 +175,7 @@ class Connection:
             return
         now = time.monotonic()
         self.last_active = now
+        self.hub.touched(self)
         if not self.request_started and not self.parser.buffer:
             self.request_started = now  # the request's clock starts at its first byte
             self.request_perf = time.perf_counter()

@@ -21,6 +21,7 @@ Routing and handlers are in api.py; limits in config.py; the log in accesslog.py
 from __future__ import annotations
 
 import contextlib
+import itertools
 import selectors
 import socket
 import sys
@@ -40,6 +41,8 @@ from tokencli.store import Backend
 _ACCEPTS_PER_TURN = 256
 # A sweep pass looks at a tenth of the connections per turn, at least this many.
 _SWEEP_MIN = 256
+# At the connection cap, how many of the stalest connections one turn looks at.
+_EVICT_PER_TURN = 256
 _SWEEP_TURN = 0.1  # seconds between turns while a pass is under way and nothing else is
 _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
 
@@ -180,6 +183,8 @@ class TokenHTTPServer:
                         self._wake_reader.recv(4096)
                 else:
                     self._on_event(key.data, mask)
+            if not self._accepting and not self._stopping.is_set() and self._make_room():
+                self._resume_accepting()
             if self._ready:
                 jobs, self._ready = self._ready, []
                 self._dispatcher.submit(jobs)
@@ -221,7 +226,7 @@ class TokenHTTPServer:
     def _accept(self) -> None:
         tls = self.config.tls
         for _ in range(_ACCEPTS_PER_TURN):
-            if len(self._connections) >= self.limits.max_connections:
+            if len(self._connections) >= self.limits.max_connections and not self._make_room():
                 self._pause_accepting()  # the rest wait in the listen backlog
                 return
             try:
@@ -249,6 +254,30 @@ class TokenHTTPServer:
                 self._start_handshake(connection)
             if self.counters is not None:
                 self.counters.open_connections = len(self._connections)
+
+    def _make_room(self) -> bool:
+        """At the connection cap, close connections that have sent nothing for a while.
+
+        The table is kept in order of the last bytes received, oldest first, so the
+        stalest come first: idle keep-alives and requests trickling in (slowloris), quiet
+        for `idle_under_pressure`. Connections waiting for or sending their answers stay.
+        Returns True if there is room now.
+        """
+        now = time.monotonic()
+        quiet_since = now - self.limits.idle_under_pressure
+        for connection in list(itertools.islice(self._connections.values(), _EVICT_PER_TURN)):
+            if connection.last_active > quiet_since:
+                break  # the rest have been heard from more recently
+            if connection.busy or connection.pending_output:
+                continue
+            connection.close()
+        return len(self._connections) < self.limits.max_connections
+
+    def touched(self, connection: Connection) -> None:
+        """Bytes arrived on a connection: move it to the recent end of the table."""
+        fileno = connection.sock.fileno()
+        if self._connections.pop(fileno, None) is not None:
+            self._connections[fileno] = connection
 
     def _start_handshake(self, connection: Connection) -> None:
         """Track a TLS handshake; past `max_handshakes` under way, drop the oldest.
@@ -292,6 +321,10 @@ class TokenHTTPServer:
             and not self._stopping.is_set()
             and len(self._connections) < self.limits.max_connections
         ):
+            self._resume_accepting()
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting:
             self.selector.register(self._listener, READ)
             self._accepting = True
 
