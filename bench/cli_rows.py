@@ -1,4 +1,4 @@
-"""The command-line rows: start-up, bulk issue, purge, and check on a large file.
+"""The command-line rows: start-up, bulk issue, purge, check and list on a large file.
 
 Each runs whole `tokencli` processes under hyperfine against a floor measured in the
 same run (docs/benchmarks.md, "Method").
@@ -6,10 +6,11 @@ same run (docs/benchmarks.md, "Method").
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 from pathlib import Path
 
-from common import HERE, build_database, fresh, hyperfine, interleaved, record
+from common import HERE, build_database, fresh, hyperfine, interleaved, note, record
 
 
 def bench_startup(tokencli: str, python: str, work: Path) -> None:
@@ -125,3 +126,66 @@ def bench_check_at_scale(tokencli: str, work: Path) -> None:
     )
     fresh(big)
     fresh(small)
+
+
+# The columns the SQLite store reads for `list` (tokencli/store/sqlite.py), in its order.
+LIST_COLUMNS = (
+    "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, uses_limit, scopes"
+)
+
+
+def peak_memory_mb(command: str) -> float:
+    """Peak RSS of a shell command's main process, from `/usr/bin/time -f %M`."""
+    timed = subprocess.run(
+        ["bash", "-c", f"/usr/bin/time -f %M -o /dev/stderr {command}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(timed.stderr.strip().splitlines()[-1]) / 1024
+
+
+def bench_list(tokencli: str, python: str, work: Path) -> None:
+    """`list --all` of 1M tokens as JSON, JSON lines and TSV, against a raw SELECT.
+
+    The floor is a bare `python -c` that runs the store's own SELECT (same columns, same
+    ORDER BY created_at, id) and writes each row's printable columns tab-separated, with
+    no conversion: what reading the rows and writing them costs at the least.
+    """
+    db = work / "list-1m.db"
+    # 900k live and 100k expired, each with a label and two scopes, as a real list shows.
+    build_database(db, live=900_000, expired=100_000, label="ci-deploy", scopes="deploy read")
+    floor = (
+        f"{python} -c \"import sqlite3,sys; c=sqlite3.connect('{db}');"
+        f" sys.stdout.writelines('%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n' % (r[:6] + r[7:])"
+        f" for r in c.execute('SELECT {LIST_COLUMNS} FROM tokens ORDER BY created_at, id'))\""
+        " > /dev/null"
+    )
+    variants = {
+        "--json": f"{tokencli} --db {db} list --all --json > /dev/null",
+        "--jsonl": f"{tokencli} --db {db} list --all --jsonl > /dev/null",
+        "TSV (piped)": f"{tokencli} --db {db} list --all > /dev/null",
+    }
+    commands = [floor, *variants.values()]
+    # Three rounds of two runs each, the commands taking turns round by round; the first
+    # round starts with one unmeasured run of each, which also warms the page cache.
+    rounds = [
+        hyperfine(commands, runs=2, warmup=1 if index == 0 else 0, shell=True) for index in range(3)
+    ]
+    medians = [statistics.median(column) for column in zip(*rounds, strict=True)]
+    floor_seconds, ours = medians[0], dict(zip(variants, medians[1:], strict=True))
+    for name, command in variants.items():
+        ratio = ours[name] / floor_seconds
+        peak_mb = peak_memory_mb(command)
+        record(
+            f"list --all {name}, 1M tokens",
+            f"{ours[name]:.2f} s, peak {peak_mb:.1f} MB",
+            f"{floor_seconds:.2f} s (raw SELECT in python -c)",
+            ratio,
+            "<= 1.5x, < 60 MB",
+            ratio <= 1.5 and peak_mb < 60,
+            {"seconds": ours[name], "floor_seconds": floor_seconds, "peak_mb": peak_mb},
+        )
+    floor_peak = peak_memory_mb(floor)
+    note(f"list: the floor's own peak memory is {floor_peak:.1f} MB")
+    fresh(db)

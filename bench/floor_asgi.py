@@ -1,7 +1,7 @@
 """The harder HTTP floor: a constant-answer ASGI app on uvicorn, uvloop and httptools.
 
-The same answer as floor_server.py (`{"status_code": 200, "status": true}`,
-application/json) from the fastest Python HTTP stack we know of: one worker, uvloop's
+The same answer as floor_server.py (the bytes of tokencli's answer to a valid token,
+a constant) from the fastest Python HTTP stack we know of: one worker, uvloop's
 event loop, the httptools (llhttp) parser, keep-alive, no access log. uvicorn's own
 `server` and `date` headers are off, so it sends no more header bytes than it must.
 
@@ -17,13 +17,20 @@ from typing import Any
 
 import uvicorn
 
-BODY = b'{"status_code": 200, "status": true}'
+# floor_server.py's answer: the bytes of tokencli's answer to a valid token.
+BODY = (
+    b'{"status_code": 200, "status": true, "state": "valid", "id": "aaaaaaaaaaaa",'
+    b' "expires_at": "2026-01-01T00:00:00Z", "uses_left": null, "scopes": []}'
+)
 START = {
     "type": "http.response.start",
     "status": 200,
     "headers": [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(BODY)).encode()),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-request-id", b"00000000-100000"),
     ],
 }
 ANSWER = {"type": "http.response.body", "body": BODY}

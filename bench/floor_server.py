@@ -1,8 +1,8 @@
 """The HTTP floor: a standard-library server that answers every request with a constant.
 
-Same stack as `tokencli serve` (ThreadingHTTPServer, HTTP/1.1 keep-alive, Nagle off, one
-write per response) but no database and no routing, so the ratio against it measures what
-tokencli's own work costs. Usage: python floor_server.py PORT
+The stack `tokencli serve` was first built on (ThreadingHTTPServer, HTTP/1.1 keep-alive,
+Nagle off, one write per response) but no database and no routing, so the ratio against it
+measures what tokencli's own work costs. Usage: python floor_server.py PORT
 """
 
 from __future__ import annotations
@@ -10,11 +10,17 @@ from __future__ import annotations
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-BODY = b'{"status_code": 200, "status": true}'
+# The same bytes as tokencli's answer to a valid token (headers and a body of the same
+# shape and length), so both send as much per request.
+BODY = (
+    b'{"status_code": 200, "status": true, "state": "valid", "id": "aaaaaaaaaaaa",'
+    b' "expires_at": "2026-01-01T00:00:00Z", "uses_left": null, "scopes": []}'
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
     + str(len(BODY)).encode()
-    + b"\r\n\r\n"
+    + b"\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff"
+    + b"\r\nX-Request-Id: 00000000-100000\r\n\r\n"
     + BODY
 )
 

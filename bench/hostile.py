@@ -13,8 +13,9 @@ validation), loaded p99 < 1 s (the worse of wrk's and the probe's), peak RSS < 1
 failed legitimate request, alive and answering /health afterwards, exit 0 on SIGTERM.
 Every attack is bounded in time and count, and sends to 127.0.0.1 only.
 
-Attacks a-g are the security review's (h, a stalled TLS handshake, waits for TLS); i was
-found while building d. Run alone: `bench/run hostile`, or `bench/run hostile:cg` for
+Attacks a-h are the security review's; i was found while building d. Attack h runs
+against an HTTPS server (a throwaway certificate), and its well-behaved client, probe and
+checks speak HTTPS too. Run alone: `bench/run hostile`, or `bench/run hostile:ch` for
 some attacks only.
 """
 
@@ -30,6 +31,7 @@ import re
 import resource
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -50,12 +52,14 @@ from common import (
     fresh,
     note,
     record,
+    serve_command,
+    tls_arguments,
     validate_script,
     wrk,
 )
 
 CONNECTIONS = 20  # the well-behaved client's wrk connections
-FLOOD_CONNECTIONS = 20_000  # slowloris and the idle flood, when descriptors allow
+FLOOD_CONNECTIONS = 20_000  # slowloris, the idle flood and stalled TLS, as descriptors allow
 MAX_RSS_MB = 150
 MIN_RATIO = 0.5
 MAX_P99_MS = 1000
@@ -73,6 +77,7 @@ class Attack:
     # count is connections or clients (0: the attack's default)
     clients: tuple[tuple[str, int], ...]
     ramp_seconds: float = 10.0  # how long they may take to reach full strength
+    tls: bool = False  # against an HTTPS server (and a well-behaved HTTPS client)
 
 
 def flood_plan() -> tuple[int, int]:
@@ -86,7 +91,7 @@ def flood_plan() -> tuple[int, int]:
 
 
 def attacks() -> list[Attack]:
-    """The review's attacks (h, a stalled TLS handshake, waits for TLS), and one more."""
+    """The review's attacks, and one more (i)."""
     processes, each = flood_plan()
     total = processes * each
     return [
@@ -114,6 +119,13 @@ def attacks() -> list[Attack]:
             f"{total:,} idle connections",
             (("connection_flood", each),) * processes,
             ramp_seconds=40.0,
+        ),
+        Attack(
+            "h",
+            f"stalled TLS handshakes, {total:,} connections (half a ClientHello or nothing)",
+            (("tls_stall", each),) * processes,
+            ramp_seconds=40.0,
+            tls=True,
         ),
         # Found while building (d): past descriptor 1023, select.select() in the server's
         # send path raises ValueError, so one client that never reads ends the event loop.
@@ -159,10 +171,27 @@ class MemorySampler:
         self._thread.join(timeout=2)
 
 
-def probe_health(port: int, timeout: float) -> tuple[str, float]:
+def unverified_context() -> ssl.SSLContext:
+    """A client context that takes the throwaway certificate without checking it."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def new_connection(port: int, timeout: float, tls: bool) -> http.client.HTTPConnection:
+    """An HTTP or HTTPS client connection to the server under test (opened lazily)."""
+    if tls:
+        return http.client.HTTPSConnection(
+            HOST, port, timeout=timeout, context=unverified_context()
+        )
+    return http.client.HTTPConnection(HOST, port, timeout=timeout)
+
+
+def probe_health(port: int, timeout: float, tls: bool = False) -> tuple[str, float]:
     """GET /health from a new connection: its status (or what failed) and seconds taken."""
     started = time.monotonic()
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    connection = new_connection(port, timeout, tls)
     try:
         connection.request("GET", "/health")
         status = str(connection.getresponse().status)
@@ -191,8 +220,9 @@ class LatencyProbe:
     INTERVAL = 0.1
     TIMEOUT = 5.0
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: bool = False) -> None:
         self.port = port
+        self.tls = tls
         self.latencies: list[float] = []
         self.failures: dict[str, int] = {}
         self._stop = threading.Event()
@@ -209,7 +239,7 @@ class LatencyProbe:
             if self._stop.is_set():
                 break
             if connection is None:
-                connection = http.client.HTTPConnection(HOST, self.port, timeout=self.TIMEOUT)
+                connection = new_connection(self.port, self.TIMEOUT, self.tls)
             try:
                 connection.request("GET", "/health")
                 response = connection.getresponse()
@@ -347,11 +377,13 @@ class Attackers:
 # -- measuring -------------------------------------------------------------------------
 
 
-def well_behaved(port: int, script: Path) -> tuple[dict[str, WrkResult], dict[str, Any]]:
+def well_behaved(
+    port: int, script: Path, tls: bool = False
+) -> tuple[dict[str, WrkResult], dict[str, Any]]:
     """The well-behaved client: wrk on /health, then on validations, with the latency
     probe running beside both."""
-    url = f"http://{HOST}:{port}"
-    probe = LatencyProbe(port)
+    url = f"{'https' if tls else 'http'}://{HOST}:{port}"
+    probe = LatencyProbe(port, tls)
     try:
         results = {
             "health": wrk(f"{url}/health", connections=CONNECTIONS),
@@ -392,13 +424,12 @@ def run_attack(attack: Attack, tokencli: str, python: str, base: Path, script: P
     log = work / f"hostile-{attack.key}.log"
     port = free_port()
     note(f"hostile {attack.key}: {attack.name}")
-    server = Background(
-        [tokencli, "--db", str(db), "serve", "--quiet", "--port", str(port)], port, log=log
-    )
+    extra = tls_arguments(work) if attack.tls else []
+    server = Background(serve_command(tokencli, db, port, *extra), port, log=log)
     sampler = MemorySampler(server.pid)
     exit_code: int | None = None
     try:
-        before, probe_before = well_behaved(port, script)
+        before, probe_before = well_behaved(port, script, attack.tls)
         # Long enough for the ramp and both loaded runs; stop() normally ends it sooner.
         bound = attack.ramp_seconds + 2 * WRK_SECONDS + 20
         with Attackers(python, port, bound) as attackers:
@@ -407,12 +438,12 @@ def run_attack(attack: Attack, tokencli: str, python: str, base: Path, script: P
                 attackers.start(name, count, ramp_ends - time.monotonic())
                 for name, count in attack.clients
             ]
-            during, probe_during = well_behaved(port, script)
-            probe, probe_seconds = probe_health(port, 3.0)
+            during, probe_during = well_behaved(port, script, attack.tls)
+            probe, probe_seconds = probe_health(port, 3.0, attack.tls)
             summaries = attackers.stop()
         time.sleep(1.0)  # let the server see the attackers' resets
         alive_after = server.alive()
-        after, _ = probe_health(port, 5.0) if alive_after else ("exited", 0.0)
+        after, _ = probe_health(port, 5.0, attack.tls) if alive_after else ("exited", 0.0)
         hwm_kb = sampler.status_kb("VmHWM") or 0
     finally:
         sampler.stop()

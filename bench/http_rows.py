@@ -1,11 +1,15 @@
-"""The HTTP rows: `tokencli serve` under wrk against two constant-answer floors.
+"""The HTTP rows: `tokencli serve` under wrk against two constant-answer floors, over
+HTTPS against plain HTTP, and with metrics against without.
 
 - floor_server.py: the standard library's ThreadingHTTPServer answering a constant.
 - floor_asgi.py: a constant-answer ASGI app on uvicorn with uvloop and httptools, the
   fastest Python HTTP stack we know of; installed in bench/.venv only.
 
-Both floors, then tokencli, run in the same minutes on the same CPU with the same wrk
-script, so the ratios compare like with like.
+Both floors answer the bytes tokencli answers a valid token with. Both floors, then
+tokencli, run in the same minutes on the same CPU with the same wrk script, so the
+ratios compare like with like. The TLS and metrics rows run the two servers they compare
+side by side (each on its own copy of the database, the idle one costing nothing) and
+take turns, three runs each, median.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import http.client
 import json
 import shutil
 import sqlite3
+import ssl
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +31,10 @@ from common import (
     build_database,
     free_port,
     fresh,
+    note,
     record,
+    serve_command,
+    tls_arguments,
     validate_script,
     wrk,
 )
@@ -54,20 +62,7 @@ def bench_http(tokencli: str, python: str, work: Path) -> None:
     results: dict[str, WrkResult] = {}
     for workers in (0, 2):
         port = free_port()
-        server = Background(
-            [
-                tokencli,
-                "--db",
-                str(db),
-                "serve",
-                "--quiet",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            port,
-        )
+        server = Background(serve_command(tokencli, db, port, "--workers", str(workers)), port)
         try:
             results[f"validate-{workers}"] = wrk(
                 f"http://{HOST}:{port}", connections=64, script=validate_lua
@@ -144,9 +139,7 @@ def bench_http_purge(tokencli: str, work: Path) -> None:
             fresh(target)
             shutil.copy(base, target)
         port = free_port()
-        server = Background(
-            [tokencli, "--db", str(ours_db), "serve", "--quiet", "--port", str(port)], port
-        )
+        server = Background(serve_command(tokencli, ours_db, port), port)
         try:
             connection = http.client.HTTPConnection(HOST, port, timeout=60)
             started = time.perf_counter()
@@ -175,3 +168,124 @@ def bench_http_purge(tokencli: str, work: Path) -> None:
         ratio <= 1.2,
     )
     fresh(base)
+
+
+def take_turns(
+    urls: dict[str, str], script: Path, *, rounds: int = 3, connections: int = 64
+) -> dict[str, list[WrkResult]]:
+    """wrk against each server in turn (a, b, a, b, ...), `rounds` times: a slow minute on
+    a shared machine then lands on both rather than on whichever ran in it."""
+    results: dict[str, list[WrkResult]] = {name: [] for name in urls}
+    for _ in range(rounds):
+        for name, url in urls.items():
+            results[name].append(wrk(url, connections=connections, script=script))
+    return results
+
+
+def median_rps(runs: list[WrkResult]) -> float:
+    return statistics.median(run.rps for run in runs)
+
+
+def median_p99(runs: list[WrkResult]) -> float:
+    return statistics.median(run.p99_ms for run in runs)
+
+
+def side_by_side(
+    tokencli: str, work: Path, name: str, variants: dict[str, list[str]]
+) -> dict[str, list[WrkResult]]:
+    """Start one `tokencli serve` per variant (extra options), each on its own copy of a
+    database of 100,000 live tokens, and let wrk take turns between them."""
+    base = work / f"{name}-base.db"
+    known = build_database(base, live=100_000, expired=0, known=1_000)
+    script = validate_script(work, known)
+    servers: dict[str, Background] = {}
+    urls: dict[str, str] = {}
+    try:
+        for variant, extra in variants.items():
+            db = work / f"{name}-{len(servers)}.db"
+            fresh(db)
+            shutil.copy(base, db)
+            port = free_port()
+            servers[variant] = Background(serve_command(tokencli, db, port, *extra), port)
+            scheme = "https" if "--tls-cert" in extra else "http"
+            urls[variant] = f"{scheme}://{HOST}:{port}"
+        check_answers(urls, known[0])
+        return take_turns(urls, script)
+    finally:
+        for server in servers.values():
+            server.stop()
+        for index in range(len(variants)):
+            fresh(work / f"{name}-{index}.db")
+        fresh(base)
+
+
+def check_answers(urls: dict[str, str], token: str) -> None:
+    """One validation through each server before measuring: a server that answers
+    something else than 200 (a TLS mistake, a bad token list) fails the row loudly."""
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    for variant, url in urls.items():
+        scheme, _, rest = url.partition("://")
+        port = int(rest.rsplit(":", 1)[1])
+        connection: http.client.HTTPConnection = (
+            http.client.HTTPSConnection(HOST, port, timeout=10, context=unverified)
+            if scheme == "https"
+            else http.client.HTTPConnection(HOST, port, timeout=10)
+        )
+        try:
+            connection.request("GET", f"/app/valid/{token}")
+            response = connection.getresponse()
+            body = json.loads(response.read())
+        finally:
+            connection.close()
+        if response.status != 200 or body.get("state") != "valid":
+            raise RuntimeError(f"{variant} answered {response.status} {body}")
+
+
+def bench_tls(tokencli: str, work: Path) -> None:
+    """Validation over HTTPS against plain HTTP, same server, same run (no target)."""
+    results = side_by_side(tokencli, work, "tls", {"http": [], "https": tls_arguments(work)})
+    plain, tls = results["http"], results["https"]
+    ratio = median_rps(tls) / median_rps(plain)
+    failures = sum(run.non_2xx + run.socket_errors for run in plain + tls)
+    record(
+        "HTTPS validate, 64 connections vs plain HTTP",
+        f"{median_rps(tls):,.0f}/s, p99 {median_p99(tls):.1f} ms (HTTPS)",
+        f"{median_rps(plain):,.0f}/s, p99 {median_p99(plain):.1f} ms (plain HTTP)",
+        ratio,
+        "(reported, no target)",
+        failures == 0,
+        {
+            "https_rps": [run.rps for run in tls],
+            "http_rps": [run.rps for run in plain],
+            "https_p99_ms": [run.p99_ms for run in tls],
+            "http_p99_ms": [run.p99_ms for run in plain],
+            "failures": failures,
+        },
+    )
+
+
+def bench_metrics(tokencli: str, work: Path) -> None:
+    """Validation throughput with metrics on (the default) against --no-metrics."""
+    results = side_by_side(tokencli, work, "metrics", {"on": [], "off": ["--no-metrics"]})
+    on, off = results["on"], results["off"]
+    ratio = median_rps(on) / median_rps(off)
+    failures = sum(run.non_2xx + run.socket_errors for run in on + off)
+    note(
+        "metrics runs (on, off by turns): "
+        + ", ".join(f"{a.rps:,.0f} / {b.rps:,.0f}" for a, b in zip(on, off, strict=True))
+    )
+    record(
+        "HTTP validate, metrics on vs --no-metrics",
+        f"{median_rps(on):,.0f}/s, p99 {median_p99(on):.1f} ms (metrics on)",
+        f"{median_rps(off):,.0f}/s, p99 {median_p99(off):.1f} ms (--no-metrics)",
+        ratio,
+        ">= 0.95x",
+        ratio >= 0.95 and failures == 0,
+        {
+            "on_rps": [run.rps for run in on],
+            "off_rps": [run.rps for run in off],
+            "failures": failures,
+        },
+    )
