@@ -40,7 +40,8 @@ class Limits(NamedTuple):
     recv_bytes: int = 65536
     # Open client connections; past it, new ones wait in the listen backlog.
     max_connections: int = 1000
-    # TLS handshakes under way; past it, the oldest is dropped (each holds TLS buffers).
+    # TLS handshakes under way; at it, new connections wait in the backlog and those older
+    # than idle_under_pressure are dropped (each holds tens of KiB of TLS state).
     max_handshakes: int = 1000
 
 

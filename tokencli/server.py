@@ -226,7 +226,7 @@ class TokenHTTPServer:
     def _accept(self) -> None:
         tls = self.config.tls
         for _ in range(_ACCEPTS_PER_TURN):
-            if len(self._connections) >= self.limits.max_connections and not self._make_room():
+            if not self._has_room() and not self._make_room():
                 self._pause_accepting()  # the rest wait in the listen backlog
                 return
             try:
@@ -255,23 +255,39 @@ class TokenHTTPServer:
             if self.counters is not None:
                 self.counters.open_connections = len(self._connections)
 
-    def _make_room(self) -> bool:
-        """At the connection cap, close connections that have sent nothing for a while.
+    def _has_room(self) -> bool:
+        """Below both caps: open connections, and TLS handshakes under way."""
+        limits = self.limits
+        return (
+            len(self._connections) < limits.max_connections
+            and len(self._handshaking) < limits.max_handshakes
+        )
 
-        The table is kept in order of the last bytes received, oldest first, so the
-        stalest come first: idle keep-alives and requests trickling in (slowloris), quiet
-        for `idle_under_pressure`. Connections waiting for or sending their answers stay.
-        Returns True if there is room now.
+    def _make_room(self) -> bool:
+        """At a cap, close what has been quiet for `idle_under_pressure`; True if there is
+        room now.
+
+        The table of connections is kept in order of the last bytes received, stalest
+        first: idle keep-alives and requests trickling in (slowloris) go first;
+        connections waiting for or sending their answers stay. At the handshake cap,
+        handshakes older than that go, oldest first (a real one takes milliseconds).
+        Room is made without accepting anything new: the clients waiting meanwhile do so
+        in the kernel's backlog, at no cost to the loop.
         """
-        now = time.monotonic()
-        quiet_since = now - self.limits.idle_under_pressure
-        for connection in list(itertools.islice(self._connections.values(), _EVICT_PER_TURN)):
-            if connection.last_active > quiet_since:
-                break  # the rest have been heard from more recently
-            if connection.busy or connection.pending_output:
-                continue
-            connection.close()
-        return len(self._connections) < self.limits.max_connections
+        limits = self.limits
+        quiet_since = time.monotonic() - limits.idle_under_pressure
+        if len(self._connections) >= limits.max_connections:
+            for connection in list(itertools.islice(self._connections.values(), _EVICT_PER_TURN)):
+                if connection.last_active > quiet_since:
+                    break  # the rest have been heard from more recently
+                if not connection.busy and not connection.pending_output:
+                    connection.close()
+        if len(self._handshaking) >= limits.max_handshakes:
+            for connection in list(itertools.islice(self._handshaking.values(), _EVICT_PER_TURN)):
+                if connection.accepted > quiet_since:
+                    break
+                connection.close()
+        return self._has_room()
 
     def touched(self, connection: Connection) -> None:
         """Bytes arrived on a connection: move it to the recent end of the table."""
@@ -280,16 +296,9 @@ class TokenHTTPServer:
             self._connections[fileno] = connection
 
     def _start_handshake(self, connection: Connection) -> None:
-        """Track a TLS handshake; past `max_handshakes` under way, drop the oldest.
-
-        A handshake holds TLS buffers (tens of KiB): 20,000 stalled ones would hold most
-        of a gigabyte. A real client's handshake takes milliseconds, so the oldest under
-        way is the likeliest to be stalled.
-        """
+        """Count a TLS handshake under way (capped: each holds tens of KiB of TLS state,
+        and 20,000 stalled ones held most of a gigabyte)."""
         self._handshaking[connection.sock.fileno()] = connection
-        while len(self._handshaking) > self.limits.max_handshakes:
-            oldest = next(iter(self._handshaking.values()))
-            oldest.close()  # closed() forgets it
 
     def handshake_done(self, connection: Connection) -> None:
         """A TLS handshake finished: it no longer counts against the cap."""
@@ -316,11 +325,7 @@ class TokenHTTPServer:
         self._handshaking.pop(fileno, None)
         if self.counters is not None:
             self.counters.open_connections = len(self._connections)
-        if (
-            not self._accepting
-            and not self._stopping.is_set()
-            and len(self._connections) < self.limits.max_connections
-        ):
+        if not self._accepting and not self._stopping.is_set() and self._has_room():
             self._resume_accepting()
 
     def _resume_accepting(self) -> None:
