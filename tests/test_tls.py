@@ -161,6 +161,35 @@ def test_the_start_line_says_https(certificates: Certificates) -> None:
     assert process.returncode == 0 and "Traceback" not in rest
 
 
+def client_hello() -> bytes:
+    """A real TLS ClientHello, as the first bytes a client sends."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+def test_half_a_client_hello_holds_no_tls_state(
+    serve: Callable[..., Served], certificates: Certificates
+) -> None:
+    served = serve(tls=certificates.server_context(), tls_trust=certificates.client)
+    hello = client_hello()
+    stalled = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(20)]
+    try:
+        for client in stalled:
+            client.sendall(hello[: len(hello) // 2])
+        deadline = time.monotonic() + 5
+        while served.server.open_connections < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served.server.open_connections == 20
+        assert served.server.handshakes_under_way == 0  # a buffer each, no TLS session
+        assert served.request("GET", "/health")[0] == 200
+    finally:
+        for client in stalled:
+            client.close()
+
+
 def test_at_the_handshake_cap_stalled_handshakes_make_way(
     serve: Callable[..., Served], certificates: Certificates
 ) -> None:
@@ -169,20 +198,25 @@ def test_at_the_handshake_cap_stalled_handshakes_make_way(
         tls_trust=certificates.client,
         limits=Limits(request_timeout=30.0, max_handshakes=3, idle_under_pressure=0.5),
     )
-    stalled = []
+    hello = client_hello()
+    stalled = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(6)]
     try:
-        for _ in range(6):
-            client = socket.create_connection(("127.0.0.1", served.port), timeout=10)
-            client.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
-            stalled.append(client)
-        time.sleep(0.2)
-        assert served.server.open_connections == 3  # the other three wait in the backlog
-        stalled[0].settimeout(5)
-        assert stalled[0].recv(1) == b""  # the oldest made way, long before 30 s
+        for client in stalled:
+            client.sendall(hello)  # a whole ClientHello, then silence
+        most = 0
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            most = max(most, served.server.handshakes_under_way)
+            time.sleep(0.02)
+        assert most == 3  # never more than the cap hold TLS state
         started = time.monotonic()
-        assert served.request("GET", "/health")[0] == 200  # a real client gets in
+        assert served.request("GET", "/health")[0] == 200  # a real client gets a slot
         assert time.monotonic() - started < 5
-        assert served.server.open_connections <= 4
+        for client in stalled:  # each stalled one made way within a second or so
+            client.settimeout(10)
+            while client.recv(65536):
+                pass
+        assert time.monotonic() - started < 10
     finally:
         for client in stalled:
             client.close()

@@ -27,11 +27,12 @@ from tokencli.api import error_answer
 from tokencli.config import Limits
 from tokencli.dispatch import Job
 from tokencli.http11 import HttpError, Request, RequestParser
+from tokencli.tls import TlsFailure, TlsSession
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
-# Nothing to do now on a non-blocking socket (TLS may want to read before it can write).
-WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# Nothing to do now on a non-blocking socket.
+WANT = (BlockingIOError, InterruptedError)
 
 
 class Hub(Protocol):
@@ -48,6 +49,9 @@ class Hub(Protocol):
 
     def log_refusal(self, connection: Connection, status: int) -> None:
         """Log a request refused before it was framed (no method, no path)."""
+
+    def may_handshake(self, connection: Connection) -> None:
+        """Queue a TLS handshake; the hub calls `start_tls` when a slot is free."""
 
     def handshake_done(self, connection: Connection) -> None:
         """A TLS handshake has finished."""
@@ -76,12 +80,20 @@ class Connection:
         "draining_until",
         "drained",
         "handshaking",
+        "tls",
+        "waiting_for_tls_slot",
         "continued",
         "events",
     )
 
     def __init__(
-        self, hub: Hub, sock: socket.socket, peer: str, now: float, *, handshaking: bool
+        self,
+        hub: Hub,
+        sock: socket.socket,
+        peer: str,
+        now: float,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.hub = hub
         self.sock = sock
@@ -98,7 +110,9 @@ class Connection:
         self.close_after = False  # close once the output is sent
         self.draining_until = 0.0  # after an error answer: reading and dropping until then
         self.drained = 0
-        self.handshaking = handshaking
+        self.tls = TlsSession(tls) if tls is not None else None
+        self.handshaking = tls is not None  # until its TLS handshake is done
+        self.waiting_for_tls_slot = False
         self.continued = False
         self.events = 0
 
@@ -119,46 +133,53 @@ class Connection:
 
     # -- TLS ------------------------------------------------------------------------------
 
-    def handshake(self) -> None:
-        """Advance the TLS handshake as far as the socket allows."""
-        sock = self.sock
-        assert isinstance(sock, ssl.SSLSocket)
+    def _from_tls(self, raw: bytes) -> bytes:
+        """Give TLS what the socket read; the plaintext it yields (TlsFailure if broken)."""
+        tls = self.tls
+        assert tls is not None
+        tls.receive(raw)
+        if not tls.started:
+            if tls.hello_complete() and not self.waiting_for_tls_slot:
+                self.waiting_for_tls_slot = True
+                self.hub.may_handshake(self)  # calls start_tls() when a slot is free
+            return b""
+        return self._advance_tls()
+
+    def start_tls(self) -> None:
+        """Begin the handshake on the first record already received."""
+        assert self.tls is not None
         try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self.set_events(READ)
-            return
-        except ssl.SSLWantWriteError:
-            self.set_events(WRITE)
-            return
-        except (ssl.SSLError, OSError):
+            self.tls.start()
+            plain = self._advance_tls()
+        except TlsFailure:
             self.close()
             return
-        self.handshaking = False
-        self.hub.handshake_done(self)
-        self.last_active = time.monotonic()
-        self.set_events(READ)
-        if sock.pending():
-            self.read()
+        if plain:
+            self._take_plaintext(plain)
+        self.update_events()
+
+    def _advance_tls(self) -> bytes:
+        tls = self.tls
+        assert tls is not None
+        plain = tls.advance()
+        if self.handshaking and not tls.handshaking:
+            self.handshaking = False
+            self.hub.handshake_done(self)
+        output = tls.take_output()
+        if output:
+            self._queue_raw(output)
+        return plain
 
     # -- reading --------------------------------------------------------------------------
 
     def _receive(self) -> bytes | None:
         """What the socket has now: bytes, b"" at end of stream, None if nothing yet."""
-        sock = self.sock
-        size = self.hub.limits.recv_bytes
         try:
-            data = sock.recv(size)
+            return self.sock.recv(self.hub.limits.recv_bytes)
         except WANT:
             return None
         except OSError:
             return b""
-        if data and isinstance(sock, ssl.SSLSocket):
-            # Decrypted bytes already buffered by TLS never wake the selector: take them.
-            with contextlib.suppress(*WANT):
-                while sock.pending() and len(data) < size * 4:
-                    data += sock.recv(sock.pending())
-        return data
 
     def read(self) -> None:
         """Take what the client sent and frame whole requests from it."""
@@ -173,16 +194,27 @@ class Connection:
             if self.drained > self.hub.limits.max_drain_bytes:
                 self.close()
             return
-        now = time.monotonic()
-        self.last_active = now
+        self.last_active = time.monotonic()
         self.hub.touched(self)
+        if self.tls is not None:
+            try:
+                data = self._from_tls(data)
+            except TlsFailure:
+                self.close()
+                return
+            if not self.is_open:
+                return
+        if data:
+            self._take_plaintext(data)
+        self.update_events()
+
+    def _take_plaintext(self, data: bytes) -> None:
         if not self.request_started and not self.parser.buffer:
-            self.request_started = now  # the request's clock starts at its first byte
+            self.request_started = time.monotonic()  # a request's clock starts at its first byte
             self.request_perf = time.perf_counter()
         self.parser.feed(data)
         if not self.busy:
             self.advance()
-        self.update_events()
 
     def advance(self) -> None:
         """Hand the buffered whole requests to the dispatcher, if there are any."""
@@ -247,7 +279,18 @@ class Connection:
     # -- writing --------------------------------------------------------------------------
 
     def queue(self, data: bytes, *, send: bool = True) -> None:
-        """Add output and (unless told not to yet) try to send it at once."""
+        """Add an answer's bytes (encrypted first on TLS); unless told not to yet, try
+        to send them at once."""
+        if self.tls is not None:
+            try:
+                self.tls.encrypt(data)
+            except TlsFailure:
+                self.close()
+                return
+            data = self.tls.take_output()
+        self._queue_raw(data, send=send)
+
+    def _queue_raw(self, data: bytes, *, send: bool = True) -> None:
         if not self.pending_output:
             self.out_since = time.monotonic()
         self.out += data
@@ -307,7 +350,7 @@ class Connection:
 
     def update_events(self) -> None:
         """Watch for what this connection can use now: output room, more input, or both."""
-        if not self.is_open or self.handshaking:
+        if not self.is_open:
             return
         events = 0
         if self.pending_output:

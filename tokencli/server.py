@@ -20,6 +20,7 @@ Routing and handlers are in api.py; limits in config.py; the log in accesslog.py
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import selectors
@@ -97,8 +98,10 @@ class TokenHTTPServer:
         self._sweeping: list[Connection] = []  # connections still to look at this pass
         self._sweep_slice = _SWEEP_MIN
         self._next_sweep = 0.0
-        # Connections in a TLS handshake, oldest first (dicts keep insertion order).
+        # TLS handshakes under way, oldest first (dicts keep insertion order), and the
+        # connections whose first TLS record waits for a slot.
         self._handshaking: dict[int, Connection] = {}
+        self._hello_waiting: collections.deque[Connection] = collections.deque()
 
     @property
     def url(self) -> str:
@@ -111,6 +114,11 @@ class TokenHTTPServer:
     def open_connections(self) -> int:
         """Client connections open now."""
         return len(self._connections)
+
+    @property
+    def handshakes_under_way(self) -> int:
+        """TLS handshakes begun and not finished (each holds TLS state)."""
+        return len(self._handshaking)
 
     def connections(self) -> list[Connection]:
         """The open connections (a copy)."""
@@ -185,6 +193,8 @@ class TokenHTTPServer:
                     self._on_event(key.data, mask)
             if not self._accepting and not self._stopping.is_set() and self._make_room():
                 self._resume_accepting()
+            if self._hello_waiting:
+                self._run_handshakes()
             if self._ready:
                 jobs, self._ready = self._ready, []
                 self._dispatcher.submit(jobs)
@@ -212,9 +222,6 @@ class TokenHTTPServer:
     def _on_event(self, connection: Connection, mask: int) -> None:
         """Handle one connection's readiness; a failure closes that connection alone."""
         try:
-            if connection.handshaking:
-                connection.handshake()
-                return
             if mask & WRITE:
                 connection.flush()
             if mask & READ and connection.is_open:
@@ -241,27 +248,18 @@ class TokenHTTPServer:
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if tls is not None:
-                    sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             except OSError:
                 sock.close()
                 continue
-            now = time.monotonic()
-            connection = Connection(self, sock, str(address[0]), now, handshaking=tls is not None)
+            connection = Connection(self, sock, str(address[0]), time.monotonic(), tls=tls)
             self._connections[sock.fileno()] = connection
             connection.set_events(READ)
-            if tls is not None:
-                self._start_handshake(connection)
             if self.counters is not None:
                 self.counters.open_connections = len(self._connections)
 
     def _has_room(self) -> bool:
-        """Below both caps: open connections, and TLS handshakes under way."""
-        limits = self.limits
-        return (
-            len(self._connections) < limits.max_connections
-            and len(self._handshaking) < limits.max_handshakes
-        )
+        """Below the cap of open connections."""
+        return len(self._connections) < self.limits.max_connections
 
     def _make_room(self) -> bool:
         """At a cap, close what has been quiet for `idle_under_pressure`; True if there is
@@ -276,16 +274,10 @@ class TokenHTTPServer:
         """
         limits = self.limits
         quiet_since = time.monotonic() - limits.idle_under_pressure
-        if len(self._connections) >= limits.max_connections:
-            for connection in list(itertools.islice(self._connections.values(), _EVICT_PER_TURN)):
-                if connection.last_active > quiet_since:
-                    break  # the rest have been heard from more recently
-                if not connection.busy and not connection.pending_output:
-                    connection.close()
-        if len(self._handshaking) >= limits.max_handshakes:
-            for connection in list(itertools.islice(self._handshaking.values(), _EVICT_PER_TURN)):
-                if connection.accepted > quiet_since:
-                    break
+        for connection in list(itertools.islice(self._connections.values(), _EVICT_PER_TURN)):
+            if connection.last_active > quiet_since:
+                break  # the rest have been heard from more recently
+            if not connection.busy and not connection.pending_output:
                 connection.close()
         return self._has_room()
 
@@ -295,13 +287,35 @@ class TokenHTTPServer:
         if self._connections.pop(fileno, None) is not None:
             self._connections[fileno] = connection
 
-    def _start_handshake(self, connection: Connection) -> None:
-        """Count a TLS handshake under way (capped: each holds tens of KiB of TLS state,
-        and 20,000 stalled ones held most of a gigabyte)."""
-        self._handshaking[connection.sock.fileno()] = connection
+    def may_handshake(self, connection: Connection) -> None:
+        """Whether a TLS handshake may begin now, else it waits for a slot (start_tls).
+
+        At most `max_handshakes` run at once: each holds tens of KiB of TLS state. When
+        all slots are taken, handshakes quiet for `idle_under_pressure` make way (a real
+        one takes milliseconds), and the newest waiting connection goes first: clients
+        that stall keep piling up at the back, where the request timeout ends them.
+        """
+        self._hello_waiting.append(connection)
+        self._run_handshakes()
+
+    def _run_handshakes(self) -> None:
+        """Free the slots of stalled handshakes, and start waiting ones, newest first."""
+        limits = self.limits
+        if len(self._handshaking) >= limits.max_handshakes:
+            quiet_since = time.monotonic() - limits.idle_under_pressure
+            for running in list(itertools.islice(self._handshaking.values(), _EVICT_PER_TURN)):
+                if running.last_active > quiet_since:
+                    break
+                running.close()
+        while self._hello_waiting and len(self._handshaking) < limits.max_handshakes:
+            connection = self._hello_waiting.pop()
+            if connection.is_open:
+                self._handshaking[connection.sock.fileno()] = connection
+                connection.last_active = time.monotonic()
+                connection.start_tls()
 
     def handshake_done(self, connection: Connection) -> None:
-        """A TLS handshake finished: it no longer counts against the cap."""
+        """A TLS handshake finished: its slot goes to a waiting connection, if any."""
         self._handshaking.pop(connection.sock.fileno(), None)
 
     def _pause_accepting(self) -> None:
