@@ -105,6 +105,16 @@ class TokenChecker(TokenReader):
         Each verdict is what a check one by one would have said: a check lacking a scope
         sees the uses the earlier checks of the batch left (and `used_up` if none).
         """
+        if not granted and not any(
+            record is not None and record.uses_left is not None for _, record in verdicts
+        ):
+            # The common batch: no use-limited token, so each verdict stands as judged.
+            return [
+                CheckResult(state, info(record, state))
+                if record is not None
+                else CheckResult(state)
+                for state, record in verdicts
+            ]
         handed: Counter[str] = Counter()
         ended: dict[str, CheckResult] = {}  # tokens an earlier check found used up (or worse)
         results = []

@@ -84,6 +84,8 @@ class Connection:
         "waiting_for_tls_slot",
         "continued",
         "events",
+        "open",
+        "_high_water",
     )
 
     def __init__(
@@ -115,11 +117,13 @@ class Connection:
         self.waiting_for_tls_slot = False
         self.continued = False
         self.events = 0
+        self.open = True  # False once closed (hot: cheaper than asking the socket)
+        self._high_water = hub.limits.output_high_water
 
     @property
     def is_open(self) -> bool:
         """False once closed."""
-        return self.sock.fileno() >= 0
+        return self.open
 
     @property
     def pending_output(self) -> int:
@@ -202,7 +206,7 @@ class Connection:
             except TlsFailure:
                 self.close()
                 return
-            if not self.is_open:
+            if not self.open:
                 return
         if data:
             self._take_plaintext(data)
@@ -273,7 +277,7 @@ class Connection:
         self.refuse(
             HttpError(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive within {seconds:g}s")
         )
-        if self.is_open and self.pending_output:
+        if self.open and self.pending_output:
             self.close()  # a client this slow gets no second chance to read
 
     # -- writing --------------------------------------------------------------------------
@@ -300,14 +304,13 @@ class Connection:
     def flush(self) -> None:
         """Send what the socket takes now; never wait for it."""
         sock = self.sock
-        while self.pending_output:
+        while len(self.out) > self.out_position:
             try:
-                with memoryview(self.out) as view:
-                    chunk = view[self.out_position :]
-                    try:
+                if not self.out_position:
+                    sent = sock.send(self.out)  # the usual case: all of it, no view needed
+                else:
+                    with memoryview(self.out) as view, view[self.out_position :] as chunk:
                         sent = sock.send(chunk)
-                    finally:
-                        chunk.release()
             except WANT:
                 break
             except OSError:
@@ -316,7 +319,7 @@ class Connection:
             if sent <= 0:
                 break
             self.out_position += sent
-        if not self.pending_output:
+        if len(self.out) == self.out_position:
             self.out.clear()
             self.out_position = 0
             self.out_since = 0.0
@@ -336,7 +339,7 @@ class Connection:
         Closing with unread bytes makes the kernel reset the connection, and the client
         might then never read the answer (a "lingering close").
         """
-        if self.draining_until or not self.is_open:
+        if self.draining_until or not self.open:
             return
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -349,21 +352,26 @@ class Connection:
     # -- selector interest and closing -----------------------------------------------------
 
     def update_events(self) -> None:
-        """Watch for what this connection can use now: output room, more input, or both."""
-        if not self.is_open:
-            return
-        events = 0
-        if self.pending_output:
-            events |= WRITE
-        if self.draining_until or self._wants_input():
-            events |= READ
-        self.set_events(events)
+        """Watch for what this connection can use now: output room, more input, or both.
 
-    def _wants_input(self) -> bool:
-        """Read on unless output is piling up or a whole request already waits."""
-        if self.close_after or self.pending_output > self.hub.limits.output_high_water:
-            return False
-        return not self.busy or len(self.parser.buffer) < http11.MAX_REQUEST_BYTES
+        Read on unless output is piling up (back-pressure), or a whole request already
+        waits while this connection is busy; always while draining after an error.
+        """
+        if not self.open:
+            return
+        pending = len(self.out) - self.out_position
+        if self.draining_until:
+            events = READ
+        elif self.close_after or pending > self._high_water:
+            events = 0
+        elif not self.busy or len(self.parser.buffer) < http11.MAX_REQUEST_BYTES:
+            events = READ
+        else:
+            events = 0
+        if pending:
+            events |= WRITE
+        if events != self.events:
+            self.set_events(events)
 
     def set_events(self, events: int) -> None:
         """Register, modify or drop this socket in the selector (no syscall if unchanged)."""
@@ -384,8 +392,9 @@ class Connection:
 
     def close(self) -> None:
         """Close the socket and tell the loop."""
-        if not self.is_open:
+        if not self.open:
             return
+        self.open = False
         if self.events:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.hub.selector.unregister(self.sock)

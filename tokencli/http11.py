@@ -183,8 +183,12 @@ class RequestParser:
         end = self._head_length + self._body_length
         if len(self.buffer) < end:
             return None
-        request.body = bytes(self.buffer[self._head_length : end])
-        del self.buffer[:end]
+        if self._body_length:
+            request.body = bytes(self.buffer[self._head_length : end])
+        if end == len(self.buffer):
+            self.buffer.clear()  # the usual case: nothing pipelined behind it
+        else:
+            del self.buffer[:end]
         self._head = None
         self._scanned = 0
         return request

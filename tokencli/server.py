@@ -224,7 +224,7 @@ class TokenHTTPServer:
         try:
             if mask & WRITE:
                 connection.flush()
-            if mask & READ and connection.is_open:
+            if mask & READ and connection.open:
                 connection.read()
         except Exception as error:  # a bug must cost one connection, never the loop
             self.report(f"internal error on a connection: {type(error).__name__}")
@@ -309,7 +309,7 @@ class TokenHTTPServer:
                 running.close()
         while self._hello_waiting and len(self._handshaking) < limits.max_handshakes:
             connection = self._hello_waiting.pop()
-            if connection.is_open:
+            if connection.open:
                 self._handshaking[connection.sock.fileno()] = connection
                 connection.last_active = time.monotonic()
                 connection.start_tls()
@@ -359,7 +359,7 @@ class TokenHTTPServer:
         """Queue a job's answers, in order, on its connection (sent by _send_answers)."""
         connection: Connection = job.connection
         connection.busy = False
-        if not connection.is_open:
+        if not connection.open:
             return  # closed while its requests were being answered
         stopping = self._stopping.is_set()
         for request, answer in zip(job.requests, job.answers, strict=True):
@@ -385,13 +385,9 @@ class TokenHTTPServer:
 
     def _send_answers(self, connection: Connection) -> None:
         """Send a delivered job's answers, then take the connection's next requests."""
-        if not connection.is_open:
+        if not connection.open:
             return
-        connection.flush()
-        if not connection.is_open:
-            return
-        connection.take_next()
-        connection.update_events()
+        connection.flush()  # which takes the next requests and updates its events
 
     # -- time -----------------------------------------------------------------------------
 
@@ -418,7 +414,7 @@ class TokenHTTPServer:
         crowded = len(self._connections) >= limits.max_connections
         idle_limit = limits.idle_under_pressure if crowded else limits.idle_timeout
         for connection in connections:
-            if not connection.is_open:
+            if not connection.open:
                 continue
             if connection.draining_until:
                 if now > connection.draining_until:
@@ -449,10 +445,11 @@ class TokenHTTPServer:
     ) -> None:
         started = connection.request_perf
         seconds = time.perf_counter() - started if started else 0.0
-        if self.counters is not None:
+        counters = self.counters
+        if counters is not None:
             label = method if method in _METHODS else "other"
             route = answer.route if answer is not None else "unmatched"
-            self.counters.count_request(route, label, status, seconds)
+            counters.count_request(route, label, status, seconds)
         if self.access_log is not None:
             verdict = answer.verdict if answer is not None else None
             self.access_log.add(

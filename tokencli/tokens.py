@@ -121,7 +121,7 @@ def parse(text: str) -> str:
 
     ASCII whitespace around the token (a trailing newline from a pipe) is not part of it.
     """
-    candidate = strip(text)
+    candidate = text.strip(_ASCII_WHITESPACE)
     if len(candidate) != MAX_TOKEN_LENGTH:
         raise MalformedTokenError("not a tokencli token (wrong length)")
     match = TOKEN_PATTERN.fullmatch(candidate)
