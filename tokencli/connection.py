@@ -15,7 +15,6 @@ all (back-pressure), and output that does not drain within the timeout drops it.
 from __future__ import annotations
 
 import contextlib
-import selectors
 import socket
 import ssl
 import time
@@ -27,10 +26,9 @@ from tokencli.api import error_answer
 from tokencli.config import Limits
 from tokencli.dispatch import Job
 from tokencli.http11 import HttpError, Request, RequestParser
+from tokencli.poller import READ, WRITE, Poller
 from tokencli.tls import TlsFailure, TlsSession
 
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
 # Nothing to do now on a non-blocking socket.
 WANT = (BlockingIOError, InterruptedError)
 
@@ -39,7 +37,7 @@ class Hub(Protocol):
     """What a connection needs from the event loop that owns it."""
 
     limits: Limits
-    selector: selectors.BaseSelector
+    selector: Poller
 
     def submit(self, job: Job) -> None:
         """Queue whole requests for answering."""

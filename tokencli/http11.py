@@ -29,6 +29,7 @@ _HEADER_NAME = _METHOD
 _TARGET = re.compile(r"/[\x21-\x7e\x80-\xff]*")
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _VERSIONS = ("HTTP/1.1", "HTTP/1.0")
+_COMMON_METHODS = frozenset({"GET", "POST", "DELETE", "HEAD", "PUT", "OPTIONS"})
 _MAX_BODY_DIGITS = len(str(MAX_BODY_BYTES))
 
 
@@ -101,7 +102,7 @@ def _parse_head(head: bytes) -> Request:
     if len(parts) != 3:
         raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line")
     method, target, version = parts
-    if not _METHOD.fullmatch(method):
+    if method not in _COMMON_METHODS and not _METHOD.fullmatch(method):
         raise HttpError(HTTPStatus.BAD_REQUEST, "malformed method")
     if version not in _VERSIONS:
         if version.startswith("HTTP/"):
@@ -231,10 +232,12 @@ def response(
     *,
     close: bool,
     headers: dict[str, str] | None = None,
+    extra: str = "",
 ) -> bytes:
-    """A whole response, ready to be sent."""
+    """A whole response, ready to be sent; `extra` is header lines already formatted."""
     head = _STATUS_LINES.get(status) or f"HTTP/1.1 {int(status)} {status.phrase}\r\n"
-    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()) if headers else ""
+    if headers:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + extra
     ending = _CLOSE if close else "\r\n"
     return (
         f"{head}Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"

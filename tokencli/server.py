@@ -1,6 +1,6 @@
 """`tokencli serve`: the event loop that moves bytes between clients and the application.
 
-One thread watches every connection with `selectors` and never blocks on one client:
+One thread watches every connection (epoll, or `selectors`) and never blocks on one client:
 reads, writes and TLS handshakes happen only when a socket is ready, and each
 connection's bounds and deadlines are in connection.py. This module owns the listener,
 the table of connections and the loop:
@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import selectors
 import socket
 import sys
 import threading
@@ -34,9 +33,10 @@ from tokencli import http11
 from tokencli.accesslog import AccessLog, Entry, RequestIds
 from tokencli.api import Answer, ApiConfig
 from tokencli.config import ServerConfig
-from tokencli.connection import READ, WRITE, Connection
+from tokencli.connection import Connection
 from tokencli.dispatch import Dispatcher, InlineDispatcher, Job, PoolDispatcher
 from tokencli.metrics import Counters
+from tokencli.poller import READ, WRITE, Poller
 from tokencli.store import Backend
 
 _ACCEPTS_PER_TURN = 256
@@ -83,12 +83,12 @@ class TokenHTTPServer:
             raise
         self._listener.setblocking(False)
         self.server_address: tuple[str, int] = self._listener.getsockname()[:2]
-        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
-        self.selector.register(self._listener, READ)
+        self.selector = Poller()
+        self.selector.register(self._listener, READ, self._listener)
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
-        self.selector.register(self._wake_reader, READ)
+        self.selector.register(self._wake_reader, READ, self._wake_reader)
         self._connections: dict[int, Connection] = {}
         self._ready: list[Job] = []
         self._accepting = True
@@ -183,14 +183,14 @@ class TokenHTTPServer:
             # Requests framed but not yet answered (pipelined ones, after a delivery) must
             # not wait for the poll interval; nor a sweep under way.
             timeout = 0 if self._ready else (_SWEEP_TURN if self._sweeping else poll_interval)
-            for key, mask in self.selector.select(timeout=timeout):
-                if key.fileobj is self._listener:
+            for ready, mask in self.selector.poll(timeout):
+                if ready is self._listener:
                     self._accept()
-                elif key.fileobj is self._wake_reader:
+                elif ready is self._wake_reader:
                     with contextlib.suppress(OSError):
                         self._wake_reader.recv(4096)
                 else:
-                    self._on_event(key.data, mask)
+                    self._on_event(ready, mask)
             if not self._accepting and not self._stopping.is_set() and self._make_room():
                 self._resume_accepting()
             if self._hello_waiting:
@@ -344,7 +344,7 @@ class TokenHTTPServer:
 
     def _resume_accepting(self) -> None:
         if not self._accepting:
-            self.selector.register(self._listener, READ)
+            self.selector.register(self._listener, READ, self._listener)
             self._accepting = True
 
     def log_refusal(self, connection: Connection, status: int) -> None:
@@ -365,13 +365,13 @@ class TokenHTTPServer:
         for request, answer in zip(job.requests, job.answers, strict=True):
             request_id = self._request_ids.take(request.headers.get("x-request-id"))
             close = not request.keep_alive or stopping
-            headers = (
-                {**answer.headers, "X-Request-Id": request_id}
-                if answer.headers
-                else {"X-Request-Id": request_id}
-            )
             data = http11.response(
-                answer.status, answer.body, answer.content_type, close=close, headers=headers
+                answer.status,
+                answer.body,
+                answer.content_type,
+                close=close,
+                headers=answer.headers,
+                extra=f"X-Request-Id: {request_id}\r\n",
             )
             self._log(
                 connection, request.method, request.target, int(answer.status), request_id, answer
