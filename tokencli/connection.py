@@ -83,7 +83,9 @@ class Connection:
         "continued",
         "events",
         "open",
+        "fd",
         "_high_water",
+        "_max_pipelined",
     )
 
     def __init__(
@@ -116,7 +118,9 @@ class Connection:
         self.continued = False
         self.events = 0
         self.open = True  # False once closed (hot: cheaper than asking the socket)
+        self.fd = sock.fileno()  # the table's key, also after the socket is closed
         self._high_water = hub.limits.output_high_water
+        self._max_pipelined = hub.limits.max_pipelined
 
     @property
     def is_open(self) -> bool:
@@ -223,7 +227,7 @@ class Connection:
         requests: list[Request] = []
         parser = self.parser
         try:
-            while len(requests) < self.hub.limits.max_pipelined:
+            while len(requests) < self._max_pipelined:
                 request = parser.next_request()
                 if request is None:
                     break
@@ -397,7 +401,6 @@ class Connection:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.hub.selector.unregister(self.sock)
             self.events = 0
-        fileno = self.sock.fileno()
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.hub.closed(fileno)
+        self.hub.closed(self.fd)

@@ -252,7 +252,7 @@ class TokenHTTPServer:
                 sock.close()
                 continue
             connection = Connection(self, sock, str(address[0]), time.monotonic(), tls=tls)
-            self._connections[sock.fileno()] = connection
+            self._connections[connection.fd] = connection
             connection.set_events(READ)
             if self.counters is not None:
                 self.counters.open_connections = len(self._connections)
@@ -283,9 +283,9 @@ class TokenHTTPServer:
 
     def touched(self, connection: Connection) -> None:
         """Bytes arrived on a connection: move it to the recent end of the table."""
-        fileno = connection.sock.fileno()
-        if self._connections.pop(fileno, None) is not None:
-            self._connections[fileno] = connection
+        connections = self._connections
+        if connections.pop(connection.fd, None) is not None:
+            connections[connection.fd] = connection
 
     def may_handshake(self, connection: Connection) -> None:
         """Whether a TLS handshake may begin now, else it waits for a slot (start_tls).
@@ -310,13 +310,13 @@ class TokenHTTPServer:
         while self._hello_waiting and len(self._handshaking) < limits.max_handshakes:
             connection = self._hello_waiting.pop()
             if connection.open:
-                self._handshaking[connection.sock.fileno()] = connection
+                self._handshaking[connection.fd] = connection
                 connection.last_active = time.monotonic()
                 connection.start_tls()
 
     def handshake_done(self, connection: Connection) -> None:
         """A TLS handshake finished: its slot goes to a waiting connection, if any."""
-        self._handshaking.pop(connection.sock.fileno(), None)
+        self._handshaking.pop(connection.fd, None)
 
     def _pause_accepting(self) -> None:
         if self._accepting:
