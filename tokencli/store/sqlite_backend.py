@@ -66,7 +66,7 @@ class SQLiteBackend:
             self.path, create=first, write_lock=self._write_lock, watch=self._watch
         )
         try:
-            store.set_autocheckpoint(0)
+            store.tune_for_serving()
         except StorageError:
             store.close()
             raise
