@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import pytest
@@ -193,3 +194,32 @@ def test_any_split_into_reads_gives_the_same_requests(
         while (request := parser.next_request()) is not None:
             taken.append(request)
     assert [(r.method, r.target, r.body) for r in taken] == [(method, f"/{path}", body)] * 2
+
+
+@given(
+    st.binary(max_size=64).map(lambda raw: bytes(b"\r\na:"[byte % 4] for byte in raw)),
+    st.integers(min_value=0, max_value=70),
+    st.integers(min_value=0, max_value=70),
+)
+def test_head_end_is_the_leftmost_blank_line_as_a_regex_finds_it(
+    raw: bytes, start: int, limit: int
+) -> None:
+    # The parser finds the end of a head with plain searches; the rule is this regex.
+    match = re.compile(rb"\r?\n\r?\n").search(raw, start, limit)
+    expected = (match.start(), match.end()) if match else (-1, -1)
+    assert http11._head_end(bytearray(raw), start, limit) == expected
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x2FF), max_size=40))
+def test_request_targets_are_judged_as_the_target_rule_says(tail: str) -> None:
+    target = "/" + tail
+    raw = f"GET {target} HTTP/1.1\r\n\r\n".encode("utf-8", "surrogatepass")
+    # The target as the server sees it: latin-1 text of the bytes between the spaces.
+    seen = raw.decode("latin-1").split("\r\n")[0][4:-9]
+    allowed = re.fullmatch(r"/[\x21-\x7e\x80-\xff]*", seen) is not None
+    if allowed:
+        request = parse(raw)
+        assert request is not None and request.target == seen
+    else:
+        with pytest.raises(HttpError):
+            parse(raw)
