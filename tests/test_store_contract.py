@@ -390,6 +390,22 @@ def test_events_come_oldest_first_within_the_newest_limit(store: Store) -> None:
     assert store.counts(NOW).audit_events == 4
 
 
+@pytest.mark.parametrize("count", [31, 32, 33, 64, 70, 200])
+def test_a_batch_of_events_is_kept_whole_and_in_order(store: Store, count: int) -> None:
+    # A server appends a batch's events together (on SQLite, rows of one INSERT at a
+    # time, and the rest one by one): every event, each field, in the order given.
+    events = [
+        AuditEvent(NOW + index % 3, "check", f"t{index:05d}", "valid", "http", f"n{index}")
+        for index in range(count)
+    ]
+    with store.transaction():
+        store.record(iter(events))
+    assert list(store.iter_events()) == sorted(events, key=lambda e: e.at)
+    assert [e.detail for e in store.events(since=None, token_id=None, limit=count)] == [
+        e.detail for e in sorted(events, key=lambda e: e.at)
+    ]
+
+
 # -- transactions and batches -------------------------------------------------------------
 
 
