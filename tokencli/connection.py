@@ -48,10 +48,10 @@ class Hub(Protocol):
     def log_refusal(self, connection: Connection, status: int) -> None:
         """Log a request refused before it was framed (no method, no path)."""
 
-    def may_handshake(self, connection: Connection) -> None:
+    def may_handshake(self, connection: TlsConnection) -> None:
         """Queue a TLS handshake; the hub calls `start_tls` when a slot is free."""
 
-    def handshake_done(self, connection: Connection) -> None:
+    def handshake_done(self, connection: TlsConnection) -> None:
         """A TLS handshake has finished."""
 
     def touched(self, connection: Connection) -> None:
@@ -78,8 +78,6 @@ class Connection:
         "draining_until",
         "drained",
         "handshaking",
-        "tls",
-        "waiting_for_tls_slot",
         "continued",
         "events",
         "open",
@@ -88,15 +86,7 @@ class Connection:
         "_max_pipelined",
     )
 
-    def __init__(
-        self,
-        hub: Hub,
-        sock: socket.socket,
-        peer: str,
-        now: float,
-        *,
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
+    def __init__(self, hub: Hub, sock: socket.socket, peer: str, now: float) -> None:
         self.hub = hub
         self.sock = sock
         self.peer = peer
@@ -112,20 +102,13 @@ class Connection:
         self.close_after = False  # close once the output is sent
         self.draining_until = 0.0  # after an error answer: reading and dropping until then
         self.drained = 0
-        self.tls = TlsSession(tls) if tls is not None else None
-        self.handshaking = tls is not None  # until its TLS handshake is done
-        self.waiting_for_tls_slot = False
+        self.handshaking = False  # a TLS connection until its handshake is done
         self.continued = False
         self.events = 0
         self.open = True  # False once closed (hot: cheaper than asking the socket)
         self.fd = sock.fileno()  # the table's key, also after the socket is closed
         self._high_water = hub.limits.output_high_water
         self._max_pipelined = hub.limits.max_pipelined
-
-    @property
-    def is_open(self) -> bool:
-        """False once closed."""
-        return self.open
 
     @property
     def pending_output(self) -> int:
@@ -136,45 +119,6 @@ class Connection:
     def is_idle(self) -> bool:
         """Nothing received, pending, in flight or draining: safe to close."""
         return not (self.busy or self.pending_output or self.parser.buffer or self.draining_until)
-
-    # -- TLS ------------------------------------------------------------------------------
-
-    def _from_tls(self, raw: bytes) -> bytes:
-        """Give TLS what the socket read; the plaintext it yields (TlsFailure if broken)."""
-        tls = self.tls
-        assert tls is not None
-        tls.receive(raw)
-        if not tls.started:
-            if tls.hello_complete() and not self.waiting_for_tls_slot:
-                self.waiting_for_tls_slot = True
-                self.hub.may_handshake(self)  # calls start_tls() when a slot is free
-            return b""
-        return self._advance_tls()
-
-    def start_tls(self) -> None:
-        """Begin the handshake on the first record already received."""
-        assert self.tls is not None
-        try:
-            self.tls.start()
-            plain = self._advance_tls()
-        except TlsFailure:
-            self.close()
-            return
-        if plain:
-            self._take_plaintext(plain)
-        self.update_events()
-
-    def _advance_tls(self) -> bytes:
-        tls = self.tls
-        assert tls is not None
-        plain = tls.advance()
-        if self.handshaking and not tls.handshaking:
-            self.handshaking = False
-            self.hub.handshake_done(self)
-        output = tls.take_output()
-        if output:
-            self._queue_raw(output)
-        return plain
 
     # -- reading --------------------------------------------------------------------------
 
@@ -202,17 +146,14 @@ class Connection:
             return
         self.last_active = time.monotonic()
         self.hub.touched(self)
-        if self.tls is not None:
-            try:
-                data = self._from_tls(data)
-            except TlsFailure:
-                self.close()
-                return
-            if not self.open:
-                return
+        data = self._plaintext(data)
         if data:
             self._take_plaintext(data)
         self.update_events()
+
+    def _plaintext(self, received: bytes) -> bytes:
+        """The request bytes in what the socket read (TlsConnection decrypts)."""
+        return received
 
     def _take_plaintext(self, data: bytes) -> None:
         if not self.request_started and not self.parser.buffer:
@@ -285,15 +226,7 @@ class Connection:
     # -- writing --------------------------------------------------------------------------
 
     def queue(self, data: bytes, *, send: bool = True) -> None:
-        """Add an answer's bytes (encrypted first on TLS); unless told not to yet, try
-        to send them at once."""
-        if self.tls is not None:
-            try:
-                self.tls.encrypt(data)
-            except TlsFailure:
-                self.close()
-                return
-            data = self.tls.take_output()
+        """Add an answer's bytes; unless told not to yet, try to send them at once."""
         self._queue_raw(data, send=send)
 
     def _queue_raw(self, data: bytes, *, send: bool = True) -> None:
@@ -404,3 +337,69 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.close()
         self.hub.closed(self.fd)
+
+
+class TlsConnection(Connection):
+    """A connection speaking TLS over memory buffers (tls.py).
+
+    No TLS session exists until the client's whole first record has arrived; then the
+    hub starts the handshake when one of its slots is free (crowding.HandshakeSlots).
+    """
+
+    __slots__ = ("tls", "waiting_for_tls_slot")
+
+    def __init__(
+        self, hub: Hub, sock: socket.socket, peer: str, now: float, context: ssl.SSLContext
+    ) -> None:
+        super().__init__(hub, sock, peer, now)
+        self.tls = TlsSession(context)
+        self.handshaking = True
+        self.waiting_for_tls_slot = False
+
+    def _plaintext(self, received: bytes) -> bytes:
+        """Give TLS what the socket read; the plaintext it yields (closes if broken)."""
+        tls = self.tls
+        try:
+            tls.receive(received)
+            if not tls.started:
+                if tls.hello_complete() and not self.waiting_for_tls_slot:
+                    self.waiting_for_tls_slot = True
+                    self.hub.may_handshake(self)  # calls start_tls() when a slot is free
+                return b""
+            plain = self._advance_tls()
+        except TlsFailure:
+            self.close()
+            return b""
+        return plain if self.open else b""
+
+    def start_tls(self) -> None:
+        """Begin the handshake on the first record already received."""
+        try:
+            self.tls.start()
+            plain = self._advance_tls()
+        except TlsFailure:
+            self.close()
+            return
+        if plain:
+            self._take_plaintext(plain)
+        self.update_events()
+
+    def _advance_tls(self) -> bytes:
+        tls = self.tls
+        plain = tls.advance()
+        if self.handshaking and not tls.handshaking:
+            self.handshaking = False
+            self.hub.handshake_done(self)
+        output = tls.take_output()
+        if output:
+            self._queue_raw(output)
+        return plain
+
+    def queue(self, data: bytes, *, send: bool = True) -> None:
+        """Encrypt an answer's bytes, then queue them (and try to send them)."""
+        try:
+            self.tls.encrypt(data)
+        except TlsFailure:
+            self.close()
+            return
+        self._queue_raw(self.tls.take_output(), send=send)

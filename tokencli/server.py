@@ -15,14 +15,13 @@ the table of connections and the loop:
   that connection, logged without secrets; if the loop itself fails, `serve_forever`
   raises and `tokencli serve` exits non-zero, so a supervisor restarts it.
 
-Routing and handlers are in api.py; limits in config.py; the log in accesslog.py.
+Routing and handlers are in api.py; limits in config.py; deadlines, making room at the
+cap and the TLS handshake slots in crowding.py; the log in accesslog.py.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import itertools
 import socket
 import sys
 import threading
@@ -33,17 +32,14 @@ from tokencli import http11
 from tokencli.accesslog import AccessLog, Entry, RequestIds
 from tokencli.api import Answer, ApiConfig
 from tokencli.config import ServerConfig
-from tokencli.connection import Connection
+from tokencli.connection import Connection, TlsConnection
+from tokencli.crowding import Deadlines, HandshakeSlots, make_room
 from tokencli.dispatch import Dispatcher, InlineDispatcher, Job, PoolDispatcher
 from tokencli.metrics import Counters
 from tokencli.poller import READ, WRITE, Poller
 from tokencli.store import Backend
 
 _ACCEPTS_PER_TURN = 256
-# A sweep pass looks at a tenth of the connections per turn, at least this many.
-_SWEEP_MIN = 256
-# At the connection cap, how many of the stalest connections one turn looks at.
-_EVICT_PER_TURN = 256
 _SWEEP_TURN = 0.1  # seconds between turns while a pass is under way and nothing else is
 _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
 
@@ -95,13 +91,8 @@ class TokenHTTPServer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._dispatcher: Dispatcher | None = None
-        self._sweeping: list[Connection] = []  # connections still to look at this pass
-        self._sweep_slice = _SWEEP_MIN
-        self._next_sweep = 0.0
-        # TLS handshakes under way, oldest first (dicts keep insertion order), and the
-        # connections whose first TLS record waits for a slot.
-        self._handshaking: dict[int, Connection] = {}
-        self._hello_waiting: collections.deque[Connection] = collections.deque()
+        self._deadlines = Deadlines(self.limits)
+        self._handshakes = HandshakeSlots(self.limits)
 
     @property
     def url(self) -> str:
@@ -118,7 +109,7 @@ class TokenHTTPServer:
     @property
     def handshakes_under_way(self) -> int:
         """TLS handshakes begun and not finished (each holds TLS state)."""
-        return len(self._handshaking)
+        return len(self._handshakes)
 
     def connections(self) -> list[Connection]:
         """The open connections (a copy)."""
@@ -182,7 +173,9 @@ class TokenHTTPServer:
         while True:
             # Requests framed but not yet answered (pipelined ones, after a delivery) must
             # not wait for the poll interval; nor a sweep under way.
-            timeout = 0 if self._ready else (_SWEEP_TURN if self._sweeping else poll_interval)
+            timeout = (
+                0 if self._ready else (_SWEEP_TURN if self._deadlines.under_way else poll_interval)
+            )
             for ready, mask in self.selector.poll(timeout):
                 if ready is self._listener:
                     self._accept()
@@ -193,8 +186,8 @@ class TokenHTTPServer:
                     self._on_event(ready, mask)
             if not self._accepting and not self._stopping.is_set() and self._make_room():
                 self._resume_accepting()
-            if self._hello_waiting:
-                self._run_handshakes()
+            if self._handshakes.waiting:
+                self._handshakes.run()
             if self._ready:
                 jobs, self._ready = self._ready, []
                 self._dispatcher.submit(jobs)
@@ -208,7 +201,7 @@ class TokenHTTPServer:
             for job in finished:
                 self._send_answers(job.connection)
             now = time.monotonic()
-            self._sweep_step(now)
+            self._deadlines.step(self._connections, now)
             if self._stopping.is_set():
                 if stop_deadline is None:
                     stop_deadline = now + self.limits.request_timeout
@@ -251,7 +244,12 @@ class TokenHTTPServer:
             except OSError:
                 sock.close()
                 continue
-            connection = Connection(self, sock, str(address[0]), time.monotonic(), tls=tls)
+            peer, now = str(address[0]), time.monotonic()
+            connection = (
+                Connection(self, sock, peer, now)
+                if tls is None
+                else TlsConnection(self, sock, peer, now, tls)
+            )
             self._connections[connection.fd] = connection
             connection.set_events(READ)
             if self.counters is not None:
@@ -262,24 +260,8 @@ class TokenHTTPServer:
         return len(self._connections) < self.limits.max_connections
 
     def _make_room(self) -> bool:
-        """At a cap, close what has been quiet for `idle_under_pressure`; True if there is
-        room now.
-
-        The table of connections is kept in order of the last bytes received, stalest
-        first: idle keep-alives and requests trickling in (slowloris) go first;
-        connections waiting for or sending their answers stay. At the handshake cap,
-        handshakes older than that go, oldest first (a real one takes milliseconds).
-        Room is made without accepting anything new: the clients waiting meanwhile do so
-        in the kernel's backlog, at no cost to the loop.
-        """
-        limits = self.limits
-        quiet_since = time.monotonic() - limits.idle_under_pressure
-        for connection in list(itertools.islice(self._connections.values(), _EVICT_PER_TURN)):
-            if connection.last_active > quiet_since:
-                break  # the rest have been heard from more recently
-            if not connection.busy and not connection.pending_output:
-                connection.close()
-        return self._has_room()
+        """At the cap, close connections quiet for a second (crowding.make_room)."""
+        return make_room(self._connections, self.limits)
 
     def touched(self, connection: Connection) -> None:
         """Bytes arrived on a connection: move it to the recent end of the table."""
@@ -287,36 +269,13 @@ class TokenHTTPServer:
         if connections.pop(connection.fd, None) is not None:
             connections[connection.fd] = connection
 
-    def may_handshake(self, connection: Connection) -> None:
-        """Whether a TLS handshake may begin now, else it waits for a slot (start_tls).
+    def may_handshake(self, connection: TlsConnection) -> None:
+        """Start a TLS handshake when a slot is free (crowding.HandshakeSlots)."""
+        self._handshakes.ask(connection)
 
-        At most `max_handshakes` run at once: each holds tens of KiB of TLS state. When
-        all slots are taken, handshakes quiet for `idle_under_pressure` make way (a real
-        one takes milliseconds), and the newest waiting connection goes first: clients
-        that stall keep piling up at the back, where the request timeout ends them.
-        """
-        self._hello_waiting.append(connection)
-        self._run_handshakes()
-
-    def _run_handshakes(self) -> None:
-        """Free the slots of stalled handshakes, and start waiting ones, newest first."""
-        limits = self.limits
-        if len(self._handshaking) >= limits.max_handshakes:
-            quiet_since = time.monotonic() - limits.idle_under_pressure
-            for running in list(itertools.islice(self._handshaking.values(), _EVICT_PER_TURN)):
-                if running.last_active > quiet_since:
-                    break
-                running.close()
-        while self._hello_waiting and len(self._handshaking) < limits.max_handshakes:
-            connection = self._hello_waiting.pop()
-            if connection.open:
-                self._handshaking[connection.fd] = connection
-                connection.last_active = time.monotonic()
-                connection.start_tls()
-
-    def handshake_done(self, connection: Connection) -> None:
+    def handshake_done(self, connection: TlsConnection) -> None:
         """A TLS handshake finished: its slot goes to a waiting connection, if any."""
-        self._handshaking.pop(connection.fd, None)
+        self._handshakes.done(connection.fd)
 
     def _pause_accepting(self) -> None:
         if self._accepting:
@@ -336,7 +295,7 @@ class TokenHTTPServer:
     def closed(self, fileno: int) -> None:
         """Forget a closed connection; accept again if the cap had paused accepting."""
         self._connections.pop(fileno, None)
-        self._handshaking.pop(fileno, None)
+        self._handshakes.done(fileno)
         if self.counters is not None:
             self.counters.open_connections = len(self._connections)
         if not self._accepting and not self._stopping.is_set() and self._has_room():
@@ -388,49 +347,6 @@ class TokenHTTPServer:
         if not connection.open:
             return
         connection.flush()  # which takes the next requests and updates its events
-
-    # -- time -----------------------------------------------------------------------------
-
-    def _sweep_step(self, now: float) -> None:
-        """Pass over every connection about once a second, a slice per turn of the loop.
-
-        Twenty thousand connections timing out together would otherwise close in one go
-        and stall everyone else for a few hundred milliseconds; a slice per turn lets the
-        well-behaved clients' requests through between slices.
-        """
-        if not self._sweeping:
-            if now < self._next_sweep:
-                return
-            self._next_sweep = now + 1.0
-            self._sweeping = self.connections()
-            self._sweep_slice = max(_SWEEP_MIN, len(self._sweeping) // 10)
-        batch = self._sweeping[-self._sweep_slice :]
-        del self._sweeping[-self._sweep_slice :]
-        self._sweep(batch, now)
-
-    def _sweep(self, connections: list[Connection], now: float) -> None:
-        """Close what overstayed: handshakes, requests, unread output, idle keep-alives."""
-        limits = self.limits
-        crowded = len(self._connections) >= limits.max_connections
-        idle_limit = limits.idle_under_pressure if crowded else limits.idle_timeout
-        for connection in connections:
-            if not connection.open:
-                continue
-            if connection.draining_until:
-                if now > connection.draining_until:
-                    connection.close()
-            elif connection.handshaking:
-                if now - connection.accepted > limits.request_timeout:
-                    connection.close()
-            elif connection.pending_output and now - connection.out_since > limits.request_timeout:
-                connection.close()  # a client that does not read its answers
-            elif connection.busy:
-                continue
-            elif connection.request_started:
-                if now - connection.request_started > limits.request_timeout:
-                    connection.time_out()
-            elif not connection.pending_output and now - connection.last_active > idle_limit:
-                connection.close()
 
     # -- log and metrics --------------------------------------------------------------------
 
