@@ -517,13 +517,13 @@ def _failure(error: Exception, template: str, config: ApiConfig) -> Answer:
 
 
 def _handle(route: Route, call: Call) -> Answer:
-    """Run a route's handler; one that needs the store runs in a savepoint of its own,
-    so a failing statement (which aborts a whole PostgreSQL transaction) costs this
-    request alone, never the batch it was answered in."""
+    """Run a route's handler; one that needs the store runs isolated (a savepoint on
+    PostgreSQL, where a failing statement aborts the whole transaction), so its failure
+    costs this request alone, never the batch it was answered in."""
     assert route.handler is not None
     if not route.needs_store:
         return route.handler(call)
-    with call.service.store.transaction():
+    with call.service.store.isolated():
         return route.handler(call)
 
 

@@ -68,6 +68,15 @@ class Store(Protocol):
         """Group the transactions run in the block into one commit (serve's group commit)."""
         ...
 
+    def isolated(self) -> AbstractContextManager[None]:
+        """A block whose failure must cost only itself inside a `batch()` (one request).
+
+        A savepoint where a failed statement spoils the whole transaction (PostgreSQL);
+        nothing where it does not (SQLite), since every change already runs in a
+        `transaction()` of its own and rolls back alone.
+        """
+        ...
+
     def ping(self) -> None:
         """Raise StorageError unless the database answers."""
 

@@ -235,17 +235,18 @@ class PostgresConnection:
         else:
             self._execute(query, params)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
         """One transaction; inside another block (such as `batch()`), a savepoint."""
-        with self._block():
-            yield
+        return self._block()
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> contextlib.AbstractContextManager[None]:
         """Group the transactions run in the block into one commit (serve's group commit)."""
-        with self._block():
-            yield
+        return self._block()
+
+    def isolated(self) -> contextlib.AbstractContextManager[None]:
+        """A savepoint: a failed statement aborts the whole transaction, so a request's
+        own failure must roll back to here for the rest of the batch to go on."""
+        return self._block()
 
     @contextlib.contextmanager
     def _block(self) -> Iterator[None]:

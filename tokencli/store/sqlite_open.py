@@ -17,13 +17,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import quote
 
 from tokencli.errors import NoPermissionError, StorageError
@@ -49,35 +48,59 @@ def permission_problem(path: Path, *, write: bool) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def storage_errors(path: Path | None, *, write: bool = True) -> Iterator[None]:
-    """Turn SQLite and file-system failures into StorageError with a useful message."""
-    where = str(path) if path is not None else "(empty database)"
-    try:
-        yield
-    except StorageError:
-        raise
-    except sqlite3.OperationalError as error:
-        text = str(error)
-        if "locked" in text or "busy" in text:
-            raise StorageError(
-                f"database at {where} stayed locked for over {BUSY_TIMEOUT_SECONDS:g}s; "
-                "another process holds it (try again)"
-            ) from None
-        if path is not None and ("readonly" in text or "unable to open" in text):
-            problem = permission_problem(path, write=write)
-            if problem is not None:
-                raise NoPermissionError(problem) from None
-        if "disk is full" in text or "disk I/O" in text:
-            raise StorageError(f"cannot write database at {where}: {text}") from None
-        raise StorageError(f"cannot use database at {where}: {text}") from None
-    except sqlite3.DatabaseError as error:
-        raise StorageError(
-            f"database at {where} is damaged or not a tokencli database ({error}); "
-            "it was left as it is"
-        ) from None
-    except OSError as error:
-        raise StorageError(f"cannot use database at {where}: {error.strerror or error}") from None
+class StorageErrors:
+    """Turn SQLite and file-system failures into StorageError with a useful message.
+
+    A class rather than a generator: every statement of the serving hot path runs in
+    one, and entering a generator-based context manager costs several times as much.
+    """
+
+    __slots__ = ("_path", "_write")
+
+    def __init__(self, path: Path | None, *, write: bool = True) -> None:
+        self._path = path
+        self._write = write
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is None or isinstance(error, StorageError):
+            return
+        translated = self._translate(error)
+        if translated is not None:
+            raise translated from None
+
+    def _translate(self, error: BaseException) -> StorageError | None:
+        path = self._path
+        where = str(path) if path is not None else "(empty database)"
+        if isinstance(error, sqlite3.OperationalError):
+            text = str(error)
+            if "locked" in text or "busy" in text:
+                return StorageError(
+                    f"database at {where} stayed locked for over {BUSY_TIMEOUT_SECONDS:g}s; "
+                    "another process holds it (try again)"
+                )
+            if path is not None and ("readonly" in text or "unable to open" in text):
+                problem = permission_problem(path, write=self._write)
+                if problem is not None:
+                    return NoPermissionError(problem)
+            if "disk is full" in text or "disk I/O" in text:
+                return StorageError(f"cannot write database at {where}: {text}")
+            return StorageError(f"cannot use database at {where}: {text}")
+        if isinstance(error, sqlite3.DatabaseError):
+            return StorageError(
+                f"database at {where} is damaged or not a tokencli database ({error}); "
+                "it was left as it is"
+            )
+        if isinstance(error, OSError):
+            return StorageError(f"cannot use database at {where}: {error.strerror or error}")
+        return None
 
 
 def _uri(path: Path, options: str) -> str:
@@ -214,7 +237,7 @@ def open_connection(
     counts as missing): the caller then reads an empty database and creates nothing. A
     file made through a symlink is made at the link's target, with mode 0600.
     """
-    with storage_errors(path, write=not read_only):
+    with StorageErrors(path, write=not read_only):
         if not path.exists():
             if not create:
                 return None
