@@ -223,3 +223,8 @@ def test_request_targets_are_judged_as_the_target_rule_says(tail: str) -> None:
     else:
         with pytest.raises(HttpError):
             parse(raw)
+
+
+def test_header_names_that_skip_the_name_rule_keep_it() -> None:
+    for name in http11._COMMON_HEADER_NAMES:
+        assert http11._HEADER_NAME.fullmatch(name), name

@@ -77,3 +77,13 @@ def test_bytes_decoded_loosely_never_crash_the_parser(raw: bytes) -> None:
     text = raw.decode("utf-8", errors="surrogateescape")
     with pytest.raises(tokens.MalformedTokenError):
         tokens.parse(text)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+def test_checksum_is_url_safe_base64_of_the_crc32(prefix: str) -> None:
+    # The documented rule (docs/design.md, token format), computed the plain way.
+    import base64
+    import zlib
+
+    crc = zlib.crc32(prefix.encode("ascii")).to_bytes(4, "big")
+    assert tokens._checksum(prefix) == base64.urlsafe_b64encode(crc).decode("ascii")[:6]

@@ -29,6 +29,29 @@ _TARGET = re.compile(r"/[\x21-\x7e\x80-\xff]*")
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _VERSIONS = ("HTTP/1.1", "HTTP/1.0")
 _COMMON_METHODS = frozenset({"GET", "POST", "DELETE", "HEAD", "PUT", "OPTIONS"})
+# Header names valid as they stand: the usual ones skip the name regex.
+_COMMON_HEADER_NAMES = frozenset(
+    {
+        "Host",
+        "User-Agent",
+        "Accept",
+        "Accept-Encoding",
+        "Authorization",
+        "Connection",
+        "Content-Length",
+        "Content-Type",
+        "X-Request-Id",
+        "host",
+        "user-agent",
+        "accept",
+        "accept-encoding",
+        "authorization",
+        "connection",
+        "content-length",
+        "content-type",
+        "x-request-id",
+    }
+)
 _MAX_BODY_DIGITS = len(str(MAX_BODY_BYTES))
 
 
@@ -107,9 +130,10 @@ def _parse_head(head: bytes) -> Request:
         if version.startswith("HTTP/"):
             raise HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"{version[:16]} unsupported")
         raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line")
-    # The usual target is printable ASCII: tested without the regex, which is the slower.
-    plain = target.isascii() and target.isprintable() and " " not in target
-    if not (plain and target.startswith("/")) and not _TARGET.fullmatch(target):
+    # The usual target is printable ASCII (no space: the line was split on spaces),
+    # tested without the regex, which is the slower.
+    plain = target.isascii() and target.isprintable() and target.startswith("/")
+    if not plain and not _TARGET.fullmatch(target):
         raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request target")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -118,7 +142,7 @@ def _parse_head(head: bytes) -> Request:
         if line[0] in " \t":
             raise HttpError(HTTPStatus.BAD_REQUEST, "folded header lines are not accepted")
         name, colon, value = line.partition(":")
-        if not colon or not _HEADER_NAME.fullmatch(name):
+        if not colon or (name not in _COMMON_HEADER_NAMES and not _HEADER_NAME.fullmatch(name)):
             raise HttpError(HTTPStatus.BAD_REQUEST, "malformed header line")
         key = name.lower()
         value = value.strip(" \t")
