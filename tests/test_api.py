@@ -70,6 +70,15 @@ def batch(
 # -- every route -------------------------------------------------------------------------
 
 
+def test_an_issue_answer_is_the_bytes_json_dumps_gives(http_service: TokenService) -> None:
+    # The answer is written without json.dumps (hot path); it must not differ by a byte.
+    for _ in range(50):
+        answer = api.answer(http_service, request("POST", "/app/token"), ApiConfig())
+        token = payload(answer)["token"]
+        assert answer.body == json.dumps({"status_code": 200, "token": token}).encode()
+        assert tokens.parse(token) == token.split(":")[0]
+
+
 def test_every_route_answers(http_service: TokenService, clock: Clock) -> None:
     metrics_page = b"# HELP tokencli_up 1\n"
     config = ApiConfig(counters=Counters(), metrics_page=lambda: metrics_page)

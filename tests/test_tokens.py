@@ -87,3 +87,12 @@ def test_checksum_is_url_safe_base64_of_the_crc32(prefix: str) -> None:
 
     crc = zlib.crc32(prefix.encode("ascii")).to_bytes(4, "big")
     assert tokens._checksum(prefix) == base64.urlsafe_b64encode(crc).decode("ascii")[:6]
+
+
+@given(st.binary(min_size=8, max_size=8))
+def test_an_id_is_the_first_twelve_letters_of_the_base32_of_its_bytes(raw: bytes) -> None:
+    import base64
+
+    expected = base64.b32encode(raw).decode("ascii")[: tokens.ID_LENGTH].lower()
+    assert tokens.id_from_bytes(raw) == expected
+    assert tokens.is_token_id(expected)

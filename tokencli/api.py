@@ -58,6 +58,11 @@ class Answer(NamedTuple):
     route: str = "unmatched"  # the route's template, never the path (it may hold a token)
     verdict: str | None = None
 
+    def with_route(self, template: str) -> Answer:
+        """The same answer, credited to a route (what `_replace` does, at half the cost)."""
+        status, body, content_type, headers, _, verdict = self
+        return Answer(status, body, content_type, headers, template, verdict)
+
 
 class Keys(NamedTuple):
     """The bearer keys in force: admin (issue, purge, administer) and validate."""
@@ -243,7 +248,13 @@ def _issue(call: Call) -> Answer:
     issued = call.service.issue(**issue_options(call.request.body))
     if call.config.counters is not None:
         call.config.counters.issued += 1
-    return json_answer(HTTPStatus.OK, {"status_code": 200, "token": issued.token})
+    return issued_answer(issued.token)
+
+
+def issued_answer(token: str) -> Answer:
+    """The original service's answer to an issue, written directly (as json.dumps would:
+    a token is ID:SECRET in URL-safe characters, which need no escaping)."""
+    return Answer(HTTPStatus.OK, f'{{"status_code": 200, "token": "{token}"}}'.encode(), JSON)
 
 
 def refuse_unknown_parameters(request: Request, known: set[str]) -> None:
@@ -513,7 +524,7 @@ def _failure(error: Exception, template: str, config: ApiConfig) -> Answer:
         # A bug: this request's 500 alone. The log names the kind, never the request.
         config.report(f"internal error answering {template}: {type(error).__name__}")
         answer = error_answer(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
-    return answer._replace(route=template)
+    return answer.with_route(template)
 
 
 def _handle(route: Route, call: Call) -> Answer:
@@ -574,9 +585,8 @@ def answer_batch(
                 group.append((index, template, route.presents(request, params)))
                 continue
             judge_group()  # keep the order of a client's pipelined requests
-            answers[index] = _handle(route, Call(service, request, params, config))._replace(  # type: ignore[arg-type]
-                route=template
-            )
+            call = Call(service, request, params, config)  # type: ignore[arg-type]
+            answers[index] = _handle(route, call).with_route(template)
         except Exception as error:
             answers[index] = _failure(error, template, config)
     judge_group()

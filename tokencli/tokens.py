@@ -12,7 +12,6 @@ password, so a slow password hash would buy nothing but latency.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import importlib
 import re
@@ -94,7 +93,31 @@ def new_id() -> str:
     """Return a random public token ID."""
     import secrets  # imported on first use: `check` never generates, so never pays for it
 
-    return base64.b32encode(secrets.token_bytes(8)).decode("ascii")[:ID_LENGTH].lower()
+    return id_from_bytes(secrets.token_bytes(8))
+
+
+# Base32 (RFC 4648, lower case) of every 10-bit value: two letters per lookup.
+_B32_PAIRS = [
+    a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567"
+]
+
+
+def id_from_bytes(raw: bytes) -> str:
+    """The ID of 8 random bytes: the first 12 letters of their base32, lower case.
+
+    The same as `base64.b32encode(raw)[:12].lower()` (a test checks), in a third of the
+    time: base64's base32 is a Python loop, and bulk issuing makes millions of IDs.
+    """
+    bits = int.from_bytes(raw, "big") >> 4  # the 60 bits that 12 letters carry
+    pairs = _B32_PAIRS
+    return (
+        pairs[bits >> 50]
+        + pairs[(bits >> 40) & 1023]
+        + pairs[(bits >> 30) & 1023]
+        + pairs[(bits >> 20) & 1023]
+        + pairs[(bits >> 10) & 1023]
+        + pairs[bits & 1023]
+    )
 
 
 def generate() -> NewToken:
