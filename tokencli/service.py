@@ -51,6 +51,16 @@ ISSUE_BATCH_SIZE = 50_000
 _ID_COLLISION_RETRIES = 3
 
 
+def _issue_template(
+    ttl_seconds: int, label: str | None, uses: int | None, scopes: Sequence[object]
+) -> TokenRecord:
+    """The fields every token of an issue shares, each checked (InvalidRequestError)."""
+    validate_ttl(ttl_seconds)
+    stored_label = validate_label(label)
+    validate_positive("uses", uses, MAX_USES)
+    return TokenRecord("", stored_label, 0, 0, uses, None, b"", uses, validate_scopes(scopes))
+
+
 class TokenService(TokenChecker):
     """Issue, revoke, renew, rotate and purge tokens in one store (and, as a TokenChecker,
     check them; as a TokenReader, show, list, count and audit them).
@@ -76,12 +86,8 @@ class TokenService(TokenChecker):
 
         All arguments are checked before anything is written.
         """
-        validate_ttl(ttl_seconds)
-        stored_label = validate_label(label)
-        validate_positive("uses", uses, MAX_USES)
+        template = _issue_template(ttl_seconds, label, uses, scopes)
         validate_positive("count", count, MAX_COUNT)
-        stored_scopes = validate_scopes(scopes)
-        template = TokenRecord("", stored_label, 0, 0, uses, None, b"", uses, stored_scopes)
         remaining = count
         while remaining > 0:
             size = min(remaining, batch_size)
@@ -97,8 +103,9 @@ class TokenService(TokenChecker):
         scopes: Sequence[object] = (),
     ) -> IssuedToken:
         """Issue one token."""
-        batches = self.issue_batches(ttl_seconds=ttl_seconds, label=label, uses=uses, scopes=scopes)
-        return next(batches)[0]
+        return self._issue_batch(1, ttl_seconds, _issue_template(ttl_seconds, label, uses, scopes))[
+            0
+        ]
 
     def _issue_batch(
         self,
