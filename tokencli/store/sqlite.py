@@ -201,13 +201,8 @@ class SQLiteStore(SQLiteConnection):
                 f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at, id{limit}",
                 parameters,
             )
-        while True:
-            with self._errors():
-                rows = cursor.fetchmany(1000)
-            if not rows:
-                return
-            for row in rows:
-                yield _record(row)
+        for row in self._stream(cursor):
+            yield _record(row)
 
     def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens whose ID starts with `prefix`, for shell completion."""
@@ -290,13 +285,8 @@ class SQLiteStore(SQLiteConnection):
         """Every audit event, oldest first, streamed."""
         with self._errors():
             cursor = self._connection.execute(f"SELECT {_EVENT_COLUMNS} FROM audit ORDER BY at, id")
-        while True:
-            with self._errors():
-                rows = cursor.fetchmany(1000)
-            if not rows:
-                return
-            for row in rows:
-                yield AuditEvent(*row)
+        for row in self._stream(cursor):
+            yield AuditEvent(*row)
 
     def drop_events_before(self, cutoff: int) -> int:
         """Delete audit events older than `cutoff` (one indexed DELETE)."""

@@ -202,6 +202,15 @@ class SQLiteConnection:
         with self._errors():
             return self._connection.execute(sql, parameters).rowcount
 
+    def _stream(self, cursor: sqlite3.Cursor) -> Iterator[Any]:
+        """A query's rows a thousand at a time, so a listing of millions stays small."""
+        while True:
+            with self._errors():
+                rows = cursor.fetchmany(1000)
+            if not rows:
+                return
+            yield from rows
+
     def _rows(
         self, sql: str, parameters: Sequence[object] | Mapping[str, object] = ()
     ) -> list[Any]:
