@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from tokencli.location import Location
 from tokencli.service import TokenService
 from tokencli.store import Store, open_backend, open_store
+from tokencli.store.sqlite import SQLiteStore
 
 from databases import PostgresSchema, RawDatabase, SQLiteFile
 from support import Clock, Served, start_server
@@ -62,6 +63,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if kinds == ("sqlite",):
         return  # the default: no parameter, no [sqlite] in the test's ID
     metafunc.parametrize("location", kinds, indirect=True)
+
+
+@pytest.fixture
+def on_file(db_path: Path) -> Iterator[TokenService]:
+    """The service over the file the CLI uses (TOKENCLI_DB), on the wall clock as the CLI."""
+    store = SQLiteStore.open(db_path, create=True)
+    yield TokenService(store)
+    store.close()
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ and the help a README points to for the new commands and options."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,8 @@ from typer.testing import CliRunner
 
 from tokencli.cli import app
 from tokencli.service import TokenService
-from tokencli.store.sqlite import SQLiteStore
 
 from support import Clock
-
-
-@pytest.fixture
-def on_file(db_path: Path) -> Iterator[TokenService]:
-    store = SQLiteStore.open(db_path, create=True)
-    yield TokenService(store)
-    store.close()
 
 
 def complete_bash(runner: CliRunner, words: str) -> list[str]:

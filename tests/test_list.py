@@ -28,14 +28,6 @@ from support import ADMIN_KEY, VALIDATE_KEY, Clock, Served, needs_executable
 JSON_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state", "scopes"]
 
 
-@pytest.fixture
-def on_file(db_path: Path) -> Iterator[TokenService]:
-    """The service over the file the CLI uses, on the wall clock as the CLI."""
-    store = SQLiteStore.open(db_path, create=True)
-    yield TokenService(store)
-    store.close()
-
-
 def listed(runner: CliRunner, *args: str) -> list[dict[str, Any]]:
     result = runner.invoke(app, ["list", "--json", *args])
     assert result.exit_code == 0, result.output

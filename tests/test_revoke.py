@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,11 @@ from tokencli.cli import app
 from tokencli.http11 import Request
 from tokencli.model import EVERY_TOKEN, TokenState
 from tokencli.service import TokenService
-from tokencli.store.sqlite import SQLiteStore
 
 from support import ADMIN_KEY, VALIDATE_KEY, Clock
 
 EXECUTABLE = shutil.which("tokencli")
 needs_executable = pytest.mark.skipif(EXECUTABLE is None, reason="tokencli is not installed")
-
-
-@pytest.fixture
-def on_file(db_path: Path) -> Iterator[TokenService]:
-    """The service over the file the CLI uses, on the wall clock as the CLI."""
-    store = SQLiteStore.open(db_path, create=True)
-    yield TokenService(store)
-    store.close()
 
 
 def revoke(runner: CliRunner, *args: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -58,14 +58,6 @@ FAST = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-@pytest.fixture
-def on_file(db_path: Path) -> Iterator[TokenService]:
-    """The service over the file the CLI uses (TOKENCLI_DB), on the CLI's clock."""
-    store = SQLiteStore.open(db_path, create=True)
-    yield TokenService(store)
-    store.close()
 
 
 def invoke(runner: CliRunner, *args: str) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,6 @@ from tokencli.store.sqlite import SQLiteStore
 from support import ADMIN_KEY, VALIDATE_KEY, Clock, Served
 
 JSON_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state", "scopes"]
-
-
-@pytest.fixture
-def on_file(db_path: Path) -> Iterator[TokenService]:
-    """The service over the file the CLI uses (TOKENCLI_DB), on the wall clock as the CLI."""
-    store = SQLiteStore.open(db_path, create=True)
-    yield TokenService(store)
-    store.close()
 
 
 def show(runner: CliRunner, *args: str) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,6 @@ FAST = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-@pytest.fixture
-def on_file(db_path: Path) -> Iterator[TokenService]:
-    """The service over the file the CLI uses, on the wall clock as the CLI."""
-    store = SQLiteStore.open(db_path, create=True)
-    yield TokenService(store)
-    store.close()
 
 
 @pytest.fixture
