@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokencli import tokens
-from tokencli.store.sqlite import SQLiteStore
+from tokencli.domain import tokens
+from tokencli.store.sqlite.queries import SQLiteStore
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"  # the only address any benchmark sends to

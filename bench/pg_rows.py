@@ -55,7 +55,7 @@ from common import (
     wrk,
 )
 
-from tokencli import tokens
+from tokencli.domain import tokens
 
 SERVICE_USER = "postgres"  # the OS user Debian's package creates, and our superuser role
 # What differs from PostgreSQL's defaults (durability settings stay as shipped).

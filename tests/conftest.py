@@ -28,10 +28,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tokencli.location import Location
-from tokencli.service import TokenService
-from tokencli.store import Store, open_backend, open_store
-from tokencli.store.sqlite import SQLiteStore
+from tokencli.domain.location import Location
+from tokencli.service.service import TokenService
+from tokencli.store.base import Store
+from tokencli.store.factory import open_backend, open_store
+from tokencli.store.sqlite.queries import SQLiteStore
 
 from databases import PostgresSchema, RawDatabase, SQLiteFile
 from support import Clock, Served, start_server

@@ -109,7 +109,7 @@ class SQLiteFile:
 
     @contextlib.contextmanager
     def hold_write_lock(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        from tokencli.store import sqlite_open
+        from tokencli.store.sqlite import opening as sqlite_open
 
         monkeypatch.setattr(sqlite_open, "BUSY_TIMEOUT_SECONDS", 0.2)
         holder = self._connect()
@@ -172,7 +172,7 @@ class PostgresSchema:
 
     @contextlib.contextmanager
     def hold_write_lock(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        from tokencli.store import postgres_connection
+        from tokencli.store.postgres import connection as postgres_connection
 
         monkeypatch.setattr(
             postgres_connection, "_SET_LOCK_TIMEOUT", "SET LOCAL lock_timeout = '200ms'"

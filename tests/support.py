@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from tokencli.api import ApiConfig, Keys
-from tokencli.config import Limits, ServerConfig
-from tokencli.metrics import Counters, Exposition
-from tokencli.server import TokenHTTPServer
-from tokencli.service import TokenService
-from tokencli.store import Backend
-from tokencli.store.sqlite import SQLiteStore
-from tokencli.store.sqlite_backend import SQLiteBackend
+from tokencli.http.api import ApiConfig, Keys
+from tokencli.http.metrics import Counters, Exposition
+from tokencli.server.config import Limits, ServerConfig
+from tokencli.server.server import TokenHTTPServer
+from tokencli.service.service import TokenService
+from tokencli.store.base import Backend
+from tokencli.store.sqlite.backend import SQLiteBackend
+from tokencli.store.sqlite.queries import SQLiteStore
 
 START = 1_790_000_000  # a fixed UTC instant (2026-09-21), so tests never read the wall clock
 ADMIN_KEY = "correct horse battery staple"

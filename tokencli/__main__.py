@@ -6,7 +6,7 @@ import sys
 def main() -> None:
     """Run the CLI; a Ctrl-C while it is still loading exits 130 too, without a traceback."""
     try:
-        from tokencli.cli import main as run
+        from tokencli.cli.base import main as run
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         sys.exit(130)

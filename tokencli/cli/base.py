@@ -22,11 +22,12 @@ from typing import Annotated, Any
 
 import typer
 
-from tokencli import __version__, output
-from tokencli.durations import DurationError, parse_duration
-from tokencli.errors import ExitStatus, TokencliError
-from tokencli.location import Location, database_location
-from tokencli.service import TokenService
+from tokencli import __version__
+from tokencli.domain.durations import DurationError, parse_duration
+from tokencli.domain.errors import ExitStatus, TokencliError
+from tokencli.domain.location import Location, database_location
+from tokencli.service import views
+from tokencli.service.service import TokenService
 
 # Which module defines each command, so `main()` imports just that one.
 COMMAND_MODULES = {
@@ -131,7 +132,7 @@ def complete_live_ids(ctx: typer.Context, incomplete: str) -> list[tuple[str, st
     try:
         with _completion_service(ctx) as completing:
             return [
-                (token_id, output.literal(label or ""))
+                (token_id, views.literal(label or ""))
                 for token_id, label in completing.live_ids(incomplete)
             ]
     except TokencliError:

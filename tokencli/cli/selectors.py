@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokencli.errors import InvalidRequestError
-from tokencli.model import STORED_STATES, TokenFilter, TokenState
-from tokencli.rules import expiry_horizon, validate_positive, validate_scopes
+from tokencli.domain.errors import InvalidRequestError
+from tokencli.domain.model import STORED_STATES, TokenFilter, TokenState
+from tokencli.domain.rules import expiry_horizon, validate_positive, validate_scopes
 
 STATE_NAMES = tuple(state.value for state in STORED_STATES)
 

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from tokencli.cli.base import app, exit_codes, location_of, warn
-from tokencli.errors import InvalidRequestError
-from tokencli.keys import ADMIN_KEY_ENV, VALIDATE_KEY_ENV
+from tokencli.domain.errors import InvalidRequestError
+from tokencli.http.keys import ADMIN_KEY_ENV, VALIDATE_KEY_ENV
 
 
 @app.command()
@@ -82,9 +82,15 @@ def serve(
           --tls-cert cert.pem --tls-key key.pem
       curl -X POST http://127.0.0.1:8000/app/token -H 'Content-Type: application/json'
     """
-    from tokencli import serving
-    from tokencli.config import Limits, ServerConfig, descriptor_budget, is_loopback, tls_context
-    from tokencli.keys import KeySource, key_file_is_shared, load_keys
+    from tokencli.http.keys import KeySource, key_file_is_shared, load_keys
+    from tokencli.server import serving
+    from tokencli.server.config import (
+        Limits,
+        ServerConfig,
+        descriptor_budget,
+        is_loopback,
+        tls_context,
+    )
 
     with exit_codes():
         if access_log not in ("text", "json", "off"):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tokencli import output
+from tokencli.cli import output
 from tokencli.cli.base import (
     app,
     complete_live_ids,
@@ -20,9 +20,10 @@ from tokencli.cli.base import (
     service,
 )
 from tokencli.cli.selectors import STATE_NAMES, list_filter
-from tokencli.durations import format_duration
-from tokencli.errors import InvalidRequestError
-from tokencli.model import DEFAULT_AUDIT_RETENTION_SECONDS
+from tokencli.domain.durations import format_duration
+from tokencli.domain.errors import InvalidRequestError
+from tokencli.domain.model import DEFAULT_AUDIT_RETENTION_SECONDS
+from tokencli.service import views
 
 LabelFilter = Annotated[
     str | None, typer.Option("--label", metavar="TEXT", help="Only tokens with this exact label.")
@@ -95,9 +96,9 @@ def list_tokens(
             )
             rows = listing.list_tokens(selector)
             if json_output:
-                output.write_json_array(sys.stdout, map(output.token_json_text, rows))
+                output.write_json_array(sys.stdout, map(views.token_json_text, rows))
             elif jsonl:
-                output.write_json_lines(sys.stdout, map(output.token_json_text, rows))
+                output.write_json_lines(sys.stdout, map(views.token_json_text, rows))
             elif output.wants_rich(sys.stdout):
                 output.write_rich_table(sys.stdout, rows, now)
             else:
@@ -151,7 +152,7 @@ def purge(
         if quiet:
             return
         if json_output:
-            output.write_line(output.dumps(output.purge_json(result)))
+            output.write_line(views.encode_json(views.purge_json(result)))
         elif result.purged:
             verb = "would purge" if dry_run else "purged"
             noun = "token" if result.purged == 1 else "tokens"
@@ -174,7 +175,7 @@ def stats(
     with exit_codes(), service(ctx, create=False, read_only=True) as reporting:
         report = reporting.stats()
         if json_output:
-            output.write_line(output.dumps(output.stats_json(report)))
+            output.write_line(views.encode_json(views.stats_json(report)))
         else:
             output.write_stats(sys.stdout, report, reporting.now())
 
@@ -204,7 +205,7 @@ def audit(
     with exit_codes(), service(ctx, create=False, read_only=True) as reading:
         events = reading.audit(since_seconds=since, token_id=token, limit=limit)
         if json_output:
-            output.write_line(output.dumps([output.event_json(event) for event in events]))
+            output.write_line(views.encode_json([views.event_json(event) for event in events]))
         elif output.wants_rich(sys.stdout):
             output.write_rich_events(sys.stdout, events, reading.now())
         else:
@@ -232,7 +233,7 @@ def export(
       tokencli export --audit | gzip > backup.jsonl.gz
       tokencli --db tokens.db export --audit | tokencli --db postgresql:///tokens import
     """
-    from tokencli.transfer import export_objects
+    from tokencli.service.transfer import export_objects
 
     with exit_codes(), service(ctx, create=False, read_only=True) as exporting:
         now = exporting.now()
@@ -246,7 +247,7 @@ def export(
             limit=limit,
         )
         objects = export_objects(exporting, selector, audit=audit_events)
-        output.write_json_lines(sys.stdout, map(output.encode_json, objects))
+        output.write_json_lines(sys.stdout, map(views.encode_json, objects))
 
 
 @app.command(name="import")
@@ -269,12 +270,12 @@ def import_tokens(
       tokencli import < tokens.jsonl
       tokencli --db postgresql:///tokens import --skip-existing < backup.jsonl
     """
-    from tokencli.transfer import import_lines
+    from tokencli.service.transfer import import_lines
 
     with exit_codes(), service(ctx, create=True) as importing:
         result = import_lines(importing, _stdin_lines(), skip_existing=skip_existing)
         if json_output:
-            output.write_line(output.dumps(result._asdict()))
+            output.write_line(views.encode_json(result._asdict()))
         else:
             skipped = (
                 f" ({result.skipped} already stored, left as they were)" if result.skipped else ""
@@ -286,7 +287,7 @@ def import_tokens(
 
 def _stdin_lines() -> Iterator[str]:
     """Standard input as text lines, each bounded in length and checked to be UTF-8."""
-    from tokencli.transfer import MAX_LINE_CHARACTERS
+    from tokencli.service.transfer import MAX_LINE_CHARACTERS
 
     stream = sys.stdin.buffer if sys.stdin is not None else None
     if stream is None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tokencli import output, tokens
+from tokencli.cli import output
 from tokencli.cli.base import (
     app,
     complete_live_ids,
@@ -19,10 +19,12 @@ from tokencli.cli.base import (
     service,
 )
 from tokencli.cli.selectors import selector_options_filter
-from tokencli.errors import ExitStatus, InvalidRequestError, NoPermissionError, NotFoundError
-from tokencli.model import TokenInfo
-from tokencli.rules import validate_scopes
-from tokencli.service import ISSUE_BATCH_SIZE
+from tokencli.domain import tokens
+from tokencli.domain.errors import ExitStatus, InvalidRequestError, NoPermissionError, NotFoundError
+from tokencli.domain.model import TokenInfo
+from tokencli.domain.rules import validate_scopes
+from tokencli.service import views
+from tokencli.service.service import ISSUE_BATCH_SIZE
 
 # `issue --count` shows a progress bar on a terminal from this many tokens on, and then
 # commits in smaller batches so the bar moves.
@@ -97,7 +99,9 @@ def issue(
         with output.progress(count, enabled=show_progress) as advance:
             for batch in batches:
                 if json_output:
-                    text = "\n".join(output.dumps(output.issued_json(issued)) for issued in batch)
+                    text = "\n".join(
+                        views.encode_json(views.issued_json(issued)) for issued in batch
+                    )
                 else:
                     text = "\n".join(issued.token for issued in batch)
                 sys.stdout.write(text + "\n")
@@ -164,7 +168,9 @@ def check(
                 "`tokencli show` looks without writing"
             ) from None
         if not quiet:
-            line = output.dumps(output.check_json(result)) if json_output else result.state.value
+            line = (
+                views.encode_json(views.check_json(result)) if json_output else result.state.value
+            )
             output.write_line(line)
         if not result.valid:
             raise typer.Exit(int(ExitStatus.NOT_VALID))
@@ -201,7 +207,7 @@ def show(
                 error(str(failure))
                 missing += 1
         if json_output:
-            output.write_json_lines(sys.stdout, map(output.token_json_text, found))
+            output.write_json_lines(sys.stdout, map(views.token_json_text, found))
         elif found and output.wants_rich(sys.stdout):
             output.write_rich_table(sys.stdout, found, looking.now())
         elif found:
@@ -303,9 +309,9 @@ def renew(
     with exit_codes(), service(ctx, create=True) as renewing:
         info = renewing.renew(token_id, ttl)
         if json_output:
-            output.write_line(output.dumps(output.token_json(info)))
+            output.write_line(views.encode_json(views.token_json(info)))
         else:
-            output.write_line(f"renewed {info.id} until {output.iso_time(info.expires_at)}")
+            output.write_line(f"renewed {info.id} until {views.iso_time(info.expires_at)}")
 
 
 @app.command()
@@ -339,6 +345,6 @@ def rotate(
     with exit_codes(), service(ctx, create=True) as rotating:
         issued = rotating.rotate(token_id, grace_seconds=grace, ttl_seconds=ttl)
         if json_output:
-            output.write_line(output.dumps(output.issued_json(issued)))
+            output.write_line(views.encode_json(views.issued_json(issued)))
         else:
             output.write_line(issued.token)

@@ -1,7 +1,7 @@
 """What every store offers the service: the `Store` protocol, and `Backend` for `serve`.
 
-Two implementations keep this contract: SQLite (`sqlite.py`, the embedded default) and
-PostgreSQL (`postgres.py`, for several hosts). The test suite runs the same store, service
+Two implementations keep this contract: SQLite (`sqlite/`, the embedded default) and
+PostgreSQL (`postgres/`, for several hosts). The test suite runs the same store, service
 and CLI tests against both, so the suite is the contract; this file is its summary.
 
 Rules every implementation keeps:
@@ -36,8 +36,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from tokencli.errors import StorageError
-from tokencli.model import AuditEvent, Counts, TokenFilter, TokenRecord
+from tokencli.domain.errors import StorageError
+from tokencli.domain.model import AuditEvent, Counts, TokenFilter, TokenRecord
 
 
 class IdCollisionError(StorageError):

@@ -1,0 +1,1 @@
+"""HTTP without sockets: framing, routes and handlers, keys, metrics, the OpenAPI document."""

@@ -1,0 +1,604 @@
+"""The HTTP application: routes and handlers, request in, answer out. No sockets here.
+
+The server (server.py) frames bytes into requests and hands a batch of them to
+`answer_batch`, inside one store transaction (group commit). Each request is answered
+alone: a bad body, a refused key or a bug in one handler is that request's 4xx or 500,
+never its neighbours'. Consecutive validations in a batch are judged together
+(`TokenService.check_many`), so a batch costs a constant number of queries.
+
+Routes are data (`ROUTES`): method, path pattern, handler, whether it needs the store,
+which key it needs, and for validations how to read the presented token.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from tokencli.domain import tokens
+from tokencli.domain.durations import DurationError, parse_duration
+from tokencli.domain.errors import InvalidRequestError, NotFoundError, StorageError, TokencliError
+from tokencli.domain.model import (
+    DEFAULT_TTL_SECONDS,
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
+    MAX_SCOPES,
+    STORED_STATES,
+    CheckResult,
+    TokenFilter,
+    TokenState,
+)
+from tokencli.domain.rules import expiry_horizon, validate_positive, validate_scopes
+from tokencli.http import openapi
+from tokencli.http.http11 import HttpError, Request
+from tokencli.http.metrics import Counters
+from tokencli.service import views
+from tokencli.service.checking import Presented
+from tokencli.service.service import TokenService
+
+JSON = "application/json"
+HTML = "text/html; charset=utf-8"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# JSON bodies nest at most this deep: json.loads recurses, and 20,000 nested brackets
+# would otherwise end in RecursionError.
+MAX_JSON_DEPTH = 32
+_STATE_NAMES = {state.value: state for state in STORED_STATES}
+
+
+class Answer(NamedTuple):
+    """A response before it is framed, with what the log and metrics say about it."""
+
+    status: HTTPStatus
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] | None = None
+    route: str = "unmatched"  # the route's template, never the path (it may hold a token)
+    verdict: str | None = None
+
+    def with_route(self, template: str) -> Answer:
+        """The same answer, credited to a route (what `_replace` does, at half the cost)."""
+        status, body, content_type, headers, _, verdict = self
+        return Answer(status, body, content_type, headers, template, verdict)
+
+
+class Keys(NamedTuple):
+    """The bearer keys in force: admin (issue, purge, administer) and validate."""
+
+    admin: str | None = None
+    validate: str | None = None
+
+
+class ApiConfig:
+    """What the application needs beside a request; `keys` is swapped whole on reload."""
+
+    __slots__ = ("keys", "counters", "metrics_page", "report")
+
+    def __init__(
+        self,
+        keys: Keys | None = None,
+        *,
+        counters: Counters | None = None,
+        metrics_page: Callable[[], bytes] | None = None,
+        report: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.keys = keys if keys is not None else Keys()
+        self.counters = counters
+        self.metrics_page = metrics_page
+        self.report = report
+
+
+class Call(NamedTuple):
+    """One request as a handler sees it."""
+
+    service: TokenService
+    request: Request
+    params: dict[str, str]
+    config: ApiConfig
+
+
+class Route(NamedTuple):
+    """A method and path pattern, and how to answer them."""
+
+    method: str
+    template: str
+    pattern: re.Pattern[str]
+    handler: Callable[[Call], Answer] | None
+    needs_store: bool
+    key: str | None  # "admin", "validate" or None
+    presents: Callable[[Request, dict[str, str]], Presented] | None = None
+
+
+def json_answer(status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None) -> Answer:
+    """A JSON answer."""
+    return Answer(status, json.dumps(payload).encode(), JSON, headers)
+
+
+def error_answer(status: HTTPStatus, detail: str, headers: dict[str, str] | None = None) -> Answer:
+    """The JSON error every failure gets: {"status_code": N, "detail": "..."}."""
+    return json_answer(status, {"status_code": int(status), "detail": detail}, headers)
+
+
+def parse_json_body(body: bytes) -> Any:
+    """The JSON value of a body, refused (400) if malformed or nested too deep."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                raise HttpError(
+                    HTTPStatus.BAD_REQUEST, f"body nests deeper than {MAX_JSON_DEPTH} levels"
+                )
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
+
+
+def _json_object(body: bytes, allowed: set[str]) -> dict[str, Any]:
+    payload = parse_json_body(body)
+    if not isinstance(payload, dict):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+    unknown = set(payload) - allowed
+    if unknown:
+        names = ", ".join(sorted(views.literal(str(name))[:40] for name in unknown))
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"unknown field(s): {names}")
+    return payload
+
+
+def _scope_list(value: object, *, limit: int | None) -> tuple[str, ...]:
+    """A body's "scopes": held by a new token (at most `limit`) or required by a check
+    (any number: more than a token holds is simply insufficient_scope)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequestError("scopes must be an array of scope names")
+    return validate_scopes(value, limit=limit)
+
+
+# -- key checks --------------------------------------------------------------------------
+
+
+def _presented_key(request: Request) -> bytes | None:
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return presented.strip().encode("latin-1")
+
+
+def _matches(presented: bytes | None, key: str | None) -> bool:
+    return (
+        presented is not None and key is not None and tokens.compare_digest(presented, key.encode())
+    )
+
+
+def authorize(route: Route, request: Request, keys: Keys) -> None:
+    """Raise 401 unless the request carries the key its route needs (if one is set)."""
+    if route.key is None:
+        return
+    if route.key == "admin":
+        if keys.admin is None or _matches(_presented_key(request), keys.admin):
+            return
+        what = "admin key"
+    else:
+        if keys.validate is None:
+            return
+        presented = _presented_key(request)
+        if _matches(presented, keys.validate) or _matches(presented, keys.admin):
+            return
+        what = "validate key"
+    raise HttpError(
+        HTTPStatus.UNAUTHORIZED,
+        f"missing or wrong {what}; send Authorization: Bearer KEY",
+        {"WWW-Authenticate": 'Bearer realm="tokencli"'},
+    )
+
+
+# -- handlers ----------------------------------------------------------------------------
+
+
+def _ttl_seconds(ttl: object) -> int:
+    if ttl is None:
+        return DEFAULT_TTL_SECONDS
+    if isinstance(ttl, int) and not isinstance(ttl, bool):
+        return ttl
+    if isinstance(ttl, str):
+        try:
+            return parse_duration(ttl)
+        except DurationError as error:
+            raise HttpError(HTTPStatus.BAD_REQUEST, str(error)) from None
+    raise HttpError(HTTPStatus.BAD_REQUEST, "ttl must be a duration such as 15m")
+
+
+def issue_options(body: bytes) -> dict[str, Any]:
+    """The options of POST /app/token from its optional JSON body (absent: defaults)."""
+    if not body:
+        return {}
+    payload = _json_object(body, {"ttl", "label", "uses", "scopes"})
+    label = payload.get("label")
+    if label is not None and not isinstance(label, str):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "label must be a string")
+    uses = payload.get("uses")
+    if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int)):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "uses must be a whole number")
+    return {
+        "ttl_seconds": _ttl_seconds(payload.get("ttl")),
+        "label": label,
+        "uses": uses,
+        "scopes": _scope_list(payload.get("scopes"), limit=MAX_SCOPES),
+    }
+
+
+def _issue(call: Call) -> Answer:
+    issued = call.service.issue(**issue_options(call.request.body))
+    if call.config.counters is not None:
+        call.config.counters.issued += 1
+    return issued_answer(issued.token)
+
+
+def issued_answer(token: str) -> Answer:
+    """The original service's answer to an issue, written directly (as json.dumps would:
+    a token is ID:SECRET in URL-safe characters, which need no escaping)."""
+    return Answer(HTTPStatus.OK, f'{{"status_code": 200, "token": "{token}"}}'.encode(), JSON)
+
+
+def refuse_unknown_parameters(request: Request, known: set[str]) -> None:
+    """400 for a query parameter the route does not take: a typo such as `?scopes=admin`
+    must not silently drop a requirement."""
+    unknown = set(request.query) - known
+    if unknown:
+        names = ", ".join(sorted(views.literal(name)[:40] for name in unknown))
+        raise InvalidRequestError(f"unknown query parameter(s): {names}")
+
+
+def _query_scopes(request: Request) -> tuple[str, ...]:
+    refuse_unknown_parameters(request, {"scope"})
+    return validate_scopes(request.query.get("scope", ()), limit=None)
+
+
+def _presented_in_path(request: Request, params: dict[str, str]) -> Presented:
+    token = unquote(params["token"], errors="replace")
+    # The hot path: most validations carry no query string at all.
+    scopes = _query_scopes(request) if "?" in request.target else ()
+    if request.method == "POST" and request.body:
+        payload = _json_object(request.body, {"token", "scopes"})
+        body_token = payload.get("token")
+        if body_token is not None and body_token != token:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "the body's token differs from the path's")
+        scopes = tuple(sorted({*scopes, *_scope_list(payload.get("scopes"), limit=None)}))
+    return Presented(token, scopes)
+
+
+def _presented_in_body(request: Request, params: dict[str, str]) -> Presented:
+    payload = _json_object(request.body, {"token", "scopes"})
+    token = payload.get("token")
+    if not isinstance(token, str):
+        raise HttpError(HTTPStatus.BAD_REQUEST, 'send {"token": "ID:SECRET"} in the body')
+    scopes = tuple(
+        sorted({*_query_scopes(request), *_scope_list(payload.get("scopes"), limit=None)})
+    )
+    return Presented(token, scopes)
+
+
+# Verdicts on tokens we know nothing about: the same bytes every time.
+_BARE_VERDICTS = {
+    state: json.dumps(
+        {"status_code": 200, "status": state is TokenState.VALID, "state": state.value}
+    ).encode()
+    for state in TokenState
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso(epoch_seconds: int) -> str:
+    # Many checks share few expiry instants (tokens issued in bulk): format each once.
+    return views.iso_time(epoch_seconds)
+
+
+def verdict_answer(result: CheckResult, template: str) -> Answer:
+    """The original service's answer, with the verdict and the token's public fields.
+
+    Validation is the hot path, so the JSON is written directly: every value in it is
+    either fixed text or of a shape that needs no escaping (IDs are a-z2-7, scope names
+    a-z0-9:._-, times ISO 8601, uses a number), which `test_api` checks against json.
+    """
+    info = result.info
+    if info is None:
+        body = _BARE_VERDICTS[result.state]
+    else:
+        status = "true" if result.state is TokenState.VALID else "false"
+        uses = "null" if info.uses_left is None else str(int(info.uses_left))
+        scopes = ", ".join(f'"{name}"' for name in info.scopes)
+        body = (
+            f'{{"status_code": 200, "status": {status}, "state": "{result.state}", '
+            f'"id": "{info.id}", "expires_at": "{_iso(info.expires_at)}", '
+            f'"uses_left": {uses}, "scopes": [{scopes}]}}'
+        ).encode()
+    # A StrEnum is its value wherever a string goes (and reading .value costs a lookup).
+    return Answer(HTTPStatus.OK, body, JSON, None, template, result.state)
+
+
+def _purge(call: Call) -> Answer:
+    purged = call.service.purge().purged
+    if call.config.counters is not None:
+        call.config.counters.purged += purged
+    return json_answer(HTTPStatus.OK, {"status_code": 200, "status": True, "purged": purged})
+
+
+_LIST_PARAMETERS = {"label", "scope", "state", "expiring_within", "limit", "all"}
+
+
+def list_filter(request: Request, now: int) -> TokenFilter:
+    """GET /app/tokens' query parameters as a filter (live tokens unless told otherwise)."""
+    query = request.query
+    refuse_unknown_parameters(request, _LIST_PARAMETERS)
+
+    def one(name: str) -> str | None:
+        values = query.get(name)
+        if values and len(values) > 1:
+            raise InvalidRequestError(f"give {name} once")
+        return values[0] if values else None
+
+    everything = one("all")
+    if everything is not None and everything not in ("true", "false"):
+        raise InvalidRequestError("all is true or false")
+    states: frozenset[TokenState] | None = frozenset({TokenState.VALID})
+    if query.get("state"):
+        try:
+            states = frozenset(_STATE_NAMES[name] for name in query["state"])
+        except KeyError:
+            raise InvalidRequestError(f"state must be one of {', '.join(_STATE_NAMES)}") from None
+    elif everything == "true":
+        states = None
+    limit_text = one("limit")
+    limit = LIST_LIMIT_DEFAULT
+    if limit_text is not None:
+        if not limit_text.isdecimal() or not limit_text.isascii() or len(limit_text) > 9:
+            raise InvalidRequestError("limit must be a whole number")
+        limit = int(limit_text)
+        validate_positive("limit", limit, LIST_LIMIT_MAX)
+    within = one("expiring_within")
+    try:
+        within_seconds = None if within is None else parse_duration(within)
+    except DurationError as error:
+        raise InvalidRequestError(f"expiring_within: {error}") from None
+    expires_by = (
+        None if within_seconds is None else expiry_horizon(now, within_seconds, "expiring_within")
+    )
+    return TokenFilter(
+        states=states,
+        label=one("label"),
+        scopes=validate_scopes(query.get("scope", ()), limit=None),
+        expires_by=expires_by,
+        limit=limit,
+    )
+
+
+def _list(call: Call) -> Answer:
+    selector = list_filter(call.request, call.service.now())
+    rows = [views.token_json(info) for info in call.service.list_tokens(selector)]
+    return json_answer(HTTPStatus.OK, {"status_code": 200, "tokens": rows})
+
+
+def _token_id(params: dict[str, str]) -> str:
+    token_id = params["id"]
+    if not tokens.is_token_id(token_id):
+        raise NotFoundError("no token with that ID")
+    return token_id
+
+
+def _show(call: Call) -> Answer:
+    info = call.service.show(_token_id(call.params))
+    return json_answer(HTTPStatus.OK, {"status_code": 200, **views.token_json(info)})
+
+
+def _revoke(call: Call) -> Answer:
+    token_id = call.service.revoke(_token_id(call.params))
+    return json_answer(HTTPStatus.OK, {"status_code": 200, "status": True, "id": token_id})
+
+
+def _health(call: Call) -> Answer:
+    call.service.ping()
+    return json_answer(HTTPStatus.OK, {"status_code": 200, "status": "ok"})
+
+
+def _metrics(call: Call) -> Answer:
+    page = call.config.metrics_page
+    if page is None:
+        raise HttpError(HTTPStatus.NOT_FOUND, "metrics are off (serve --no-metrics)")
+    return Answer(HTTPStatus.OK, page(), METRICS_TYPE)
+
+
+def _openapi(call: Call) -> Answer:
+    return json_answer(HTTPStatus.OK, openapi.document())
+
+
+def _docs(call: Call) -> Answer:
+    return Answer(HTTPStatus.OK, openapi.SWAGGER_PAGE.encode(), HTML)
+
+
+def _redoc(call: Call) -> Answer:
+    return Answer(HTTPStatus.OK, openapi.REDOC_PAGE.encode(), HTML)
+
+
+def _route(method: str, template: str, regex: str, handler: Any, **options: Any) -> Route:
+    return Route(
+        method,
+        template,
+        re.compile(regex),
+        handler,
+        options.get("store", False),
+        options.get("key"),
+        options.get("presents"),
+    )
+
+
+_ID = r"(?P<id>[^/]*)"
+# Validation first: it is most of the traffic, and routes are tried in order.
+ROUTES: tuple[Route, ...] = (
+    *(
+        _route(
+            method,
+            "/app/valid/{token}",
+            r"/app/valid/(?P<token>[^/]*)",
+            None,
+            store=True,
+            key="validate",
+            presents=_presented_in_path,
+        )
+        for method in ("GET", "POST")
+    ),
+    _route(
+        "POST",
+        "/app/valid",
+        r"/app/valid",
+        None,
+        store=True,
+        key="validate",
+        presents=_presented_in_body,
+    ),
+    _route("POST", "/app/token", r"/app/token", _issue, store=True, key="admin"),
+    _route(
+        "DELETE", "/app/clear/all/tokens", r"/app/clear/all/tokens", _purge, store=True, key="admin"
+    ),
+    _route("GET", "/app/tokens", r"/app/tokens", _list, store=True, key="admin"),
+    _route("GET", "/app/tokens/{id}", rf"/app/tokens/{_ID}", _show, store=True, key="admin"),
+    _route("DELETE", "/app/tokens/{id}", rf"/app/tokens/{_ID}", _revoke, store=True, key="admin"),
+    _route("GET", "/health", r"/health", _health, store=True),
+    _route("GET", "/metrics", r"/metrics", _metrics, key="admin"),
+    _route("GET", "/openapi.json", r"/openapi\.json", _openapi),
+    _route("GET", "/docs", r"/docs", _docs),
+    _route("GET", "/redoc", r"/redoc", _redoc),
+)
+
+
+def find_route(request: Request) -> tuple[Route, dict[str, str]]:
+    """The route answering this method and path; 404 or 405 (with Allow) otherwise."""
+    path = request.path
+    allowed: list[str] = []
+    for route in ROUTES:
+        match = route.pattern.fullmatch(path)
+        if match is None:
+            continue
+        if route.method == request.method:
+            return route, match.groupdict()
+        allowed.append(route.method)
+    if allowed:
+        methods = ", ".join(dict.fromkeys(allowed))
+        raise HttpError(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            f"{views.literal(request.method[:16])} is not allowed here; use {methods}",
+            {"Allow": methods},
+        )
+    raise HttpError(HTTPStatus.NOT_FOUND, "no such endpoint; see /openapi.json")
+
+
+def _failure(error: Exception, template: str, config: ApiConfig) -> Answer:
+    """The answer to a request whose handling raised."""
+    if isinstance(error, HttpError):
+        answer = error_answer(error.status, error.detail, error.headers)
+    elif isinstance(error, InvalidRequestError):
+        answer = error_answer(HTTPStatus.BAD_REQUEST, str(error))
+    elif isinstance(error, NotFoundError):
+        answer = error_answer(HTTPStatus.NOT_FOUND, str(error))
+    elif isinstance(error, StorageError):
+        answer = error_answer(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+    elif isinstance(error, TokencliError):
+        answer = error_answer(HTTPStatus.BAD_REQUEST, str(error))
+    else:
+        # A bug: this request's 500 alone. The log names the kind, never the request.
+        config.report(f"internal error answering {template}: {type(error).__name__}")
+        answer = error_answer(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+    return answer.with_route(template)
+
+
+def _handle(route: Route, call: Call) -> Answer:
+    """Run a route's handler; one that needs the store runs isolated (a savepoint on
+    PostgreSQL, where a failing statement aborts the whole transaction), so its failure
+    costs this request alone, never the batch it was answered in."""
+    assert route.handler is not None
+    if not route.needs_store:
+        return route.handler(call)
+    with call.service.store.isolated():
+        return route.handler(call)
+
+
+def answer_batch(
+    service: TokenService | None,
+    requests: Sequence[Request],
+    config: ApiConfig,
+    unavailable: str = "the database is unavailable",
+) -> list[Answer]:
+    """Answer requests in order. With no service, what needs the store gets 503.
+
+    Runs inside the caller's store batch: a handler's writes are a savepoint of it.
+    Consecutive validations are judged together in one `check_many`.
+    """
+    keys = config.keys  # read once: a key reload applies from the next batch on
+    answers: list[Answer | None] = [None] * len(requests)
+    group: list[tuple[int, str, Presented]] = []
+
+    def judge_group() -> None:
+        if not group:
+            return
+        assert service is not None
+        judged = group.copy()
+        group.clear()  # first: whatever happens below, these are never judged again
+        try:
+            results = service.check_many([presented for _, _, presented in judged])
+        except Exception as error:  # every check in the group shares one statement
+            for index, template, _ in judged:
+                answers[index] = _failure(error, template, config)
+            return
+        for (index, template, _), result in zip(judged, results, strict=True):
+            try:  # rendered one by one: a fault in one answer is that request's alone
+                answers[index] = verdict_answer(result, template)
+                if config.counters is not None:
+                    config.counters.count_verdict(result.state)
+            except Exception as error:
+                answers[index] = _failure(error, template, config)
+
+    for index, request in enumerate(requests):
+        template = "unmatched"
+        try:
+            route, params = find_route(request)
+            template = route.template
+            authorize(route, request, keys)
+            if route.needs_store and service is None:
+                raise StorageError(unavailable)
+            if route.presents is not None:
+                group.append((index, template, route.presents(request, params)))
+                continue
+            judge_group()  # keep the order of a client's pipelined requests
+            call = Call(service, request, params, config)  # type: ignore[arg-type]
+            answers[index] = _handle(route, call).with_route(template)
+        except Exception as error:
+            answers[index] = _failure(error, template, config)
+    judge_group()
+    # Every request has its answer, in its place: the server pairs them by position.
+    return [
+        answer if answer is not None else _failure(AssertionError(), "unmatched", config)
+        for answer in answers
+    ]
+
+
+def answer(service: TokenService | None, request: Request, config: ApiConfig) -> Answer:
+    """Answer one request (a batch of one)."""
+    return answer_batch(service, [request], config)[0]

@@ -1,0 +1,159 @@
+"""Looking at tokens without changing anything: the reading half of the token service.
+
+`TokenReader` shows, lists, counts and reads the audit trail; it never writes, so `show`
+of a single-use token leaves it valid and the read-only commands work on a database the
+user may only read. `TokenService` (service.py) extends it with every action that
+changes something.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Self
+
+from tokencli.domain import tokens
+from tokencli.domain.errors import NotFoundError
+from tokencli.domain.location import Location
+from tokencli.domain.model import (
+    LIVE,
+    MAX_COUNT,
+    AuditEvent,
+    Stats,
+    TokenFilter,
+    TokenInfo,
+    TokenRecord,
+)
+from tokencli.domain.rules import info, matches_nothing, state_at, validate_positive
+from tokencli.store.base import Store
+from tokencli.store.factory import open_store
+
+
+def parse_presented(text: str) -> str | None:
+    """The token ID of a well-formed token, or None for a malformed one."""
+    try:
+        return tokens.parse(text)
+    except tokens.MalformedTokenError:
+        return None
+
+
+class TokenReader:
+    """Show, list, count and audit the tokens of one store, by one clock; writes nothing."""
+
+    def __init__(
+        self, store: Store, clock: Callable[[], float] = time.time, *, source: str = "cli"
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._source = source
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(
+        cls,
+        location: Location,
+        *,
+        create: bool,
+        read_only: bool = False,
+        clock: Callable[[], float] = time.time,
+        source: str = "cli",
+    ) -> Iterator[Self]:
+        """The service over the database at `location`, closed when the block ends.
+
+        Without `create`, a missing database reads as empty and nothing is created;
+        `read_only` is for commands that only read, so a file the user may only read is
+        fine.
+        """
+        store = open_store(location, create=create, read_only=read_only)
+        try:
+            yield cls(store, clock, source=source)
+        finally:
+            store.close()
+
+    @property
+    def store(self) -> Store:
+        """The store this service works on."""
+        return self._store
+
+    @property
+    def source(self) -> str:
+        """Where this service's actions come from in the audit trail ("cli" or "http")."""
+        return self._source
+
+    def now(self) -> int:
+        """The current time in whole UTC epoch seconds."""
+        return int(self._clock())
+
+    def resolve_id(self, id_or_token: str) -> str:
+        """Return the token ID named by a bare ID or a full token, or raise NotFoundError."""
+        candidate = tokens.strip(id_or_token)
+        if tokens.is_token_id(candidate):
+            return candidate
+        token_id = parse_presented(candidate)
+        if token_id is None:
+            raise NotFoundError(f"{_shown(candidate)} is neither a token ID nor a token")
+        record = self._store.get(token_id)
+        if record is None or not tokens.matches(candidate, record.secret_hash):
+            raise NotFoundError(f"no token {token_id}")
+        return token_id
+
+    def show(self, id_or_token: str) -> TokenInfo:
+        """A token's public fields and state; takes no use and writes nothing."""
+        token_id = self.resolve_id(id_or_token)
+        record = self._store.get(token_id)
+        if record is None:
+            raise NotFoundError(f"no token {token_id}")
+        return info(record, state_at(record, self.now()))
+
+    def list_tokens(self, selector: TokenFilter = LIVE) -> Iterator[TokenInfo]:
+        """The tokens the selector matches, oldest first, streamed from the store."""
+        now = self.now()
+        for record in self.records(selector, now):
+            yield info(record, state_at(record, now))
+
+    def records(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
+        """The stored tokens the selector matches at `now`, oldest first, streamed."""
+        if selector.limit is not None:
+            validate_positive("limit", selector.limit, 2**62)
+        if matches_nothing(selector):
+            return iter(())
+        rows = self._store.iter_tokens(selector, now)
+        states = selector.states
+        if states is None:
+            return rows
+        # The store selects "live" by the moment a token ended; behind a clock stepped
+        # back past a revocation or a last use, that moment is still to come. A token's
+        # state is what state_at says, so that is what the rows are held to.
+        return (record for record in rows if state_at(record, now) in states)
+
+    def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
+        """(ID, label) of live tokens starting with `prefix`, for shell completion."""
+        return self._store.live_ids(self.now(), prefix, limit)
+
+    def scopes_in_use(self, prefix: str = "", limit: int = 200) -> list[str]:
+        """Scope names held by live tokens, starting with `prefix`, for shell completion."""
+        return self._store.scopes_in_use(self.now(), prefix, limit)
+
+    def ping(self) -> None:
+        """Raise StorageError unless the database can be read."""
+        self._store.ping()
+
+    def stats(self) -> Stats:
+        """Counts by condition, the next expiry, the audit trail, the database and size."""
+        return Stats(self._store.counts(self.now()), self._store.location, self._store.size_bytes())
+
+    def audit(
+        self, *, since_seconds: int | None = None, token_id: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        """The newest `limit` audit events, oldest first, optionally within `since_seconds`
+        and for one token."""
+        validate_positive("limit", limit, MAX_COUNT)
+        since = None if since_seconds is None else self.now() - since_seconds
+        return self._store.events(since=since, token_id=token_id, limit=limit)
+
+
+def _shown(text: str) -> str:
+    """Text safe to echo in an error: never a whole would-be secret, never escapes."""
+    clipped = text if len(text) <= 16 else text[:12] + "..."
+    return repr(clipped)

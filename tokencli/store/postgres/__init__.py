@@ -1,0 +1,1 @@
+"""The shared store: PostgreSQL through psycopg 3, for several hosts."""

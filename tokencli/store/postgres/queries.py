@@ -1,0 +1,475 @@
+"""The PostgreSQL store: several stateless `serve` replicas (and the CLI) share one database.
+
+The connection, transactions and errors are postgres/connection.py; the schema and its
+migrations postgres/schema.py; this module is the queries. Batches of rows travel as
+arrays in one statement (unnest), not a statement per row, so a batch of checks costs
+three round trips whatever its size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tokencli.domain.location import redact_url
+from tokencli.domain.model import (
+    AuditEvent,
+    Counts,
+    TokenFilter,
+    TokenRecord,
+    TokenState,
+    ends_at,
+)
+from tokencli.store.postgres.connection import (
+    INSTALLED,
+    PostgresConnection,
+    _connect,
+    _require_psycopg,
+)
+
+if TYPE_CHECKING:
+    from tokencli.store.base import Backend, Store
+
+if INSTALLED:
+    import psycopg
+    from psycopg import sql
+
+    from tokencli.store.postgres import schema as schema_module
+
+_TOKEN_COLUMNS = (
+    "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, uses_limit, scopes"
+)
+
+_EVENT_COLUMNS = "at, action, token_id, outcome, source, detail"
+
+# Live: `ends_at > now` picks the rows through the index; the rest keeps out a token
+# revoked or used up "in the future" of a clock that stepped back.
+_LIVE_OF = (
+    "({t}ends_at > %(now)s AND {t}revoked_at IS NULL AND {t}expires_at > %(now)s"
+    " AND ({t}uses_left IS NULL OR {t}uses_left > 0))"
+)
+
+_LIVE = _LIVE_OF.format(t="")
+
+# The stored states as SQL (base.py and model.py define them).
+_STATE_SQL = {
+    TokenState.VALID: _LIVE,
+    TokenState.REVOKED: "revoked_at IS NOT NULL",
+    TokenState.EXPIRED: "(revoked_at IS NULL AND expires_at <= %(now)s)",
+    TokenState.USED_UP: "(revoked_at IS NULL AND expires_at > %(now)s AND uses_left <= 0)",
+}
+
+# Statements; {tokens} and {audit} become schema-qualified identifiers (see _queries).
+_SQL = {
+    "get": f"SELECT {_TOKEN_COLUMNS} FROM {{tokens}} WHERE id = %s",
+    "get_many": f"SELECT {_TOKEN_COLUMNS} FROM {{tokens}} WHERE id = ANY(%s::text[])",
+    "existing_ids": "SELECT id FROM {tokens} WHERE id = ANY(%s::text[])",
+    # One statement for any number of rows. Scopes differ in length, and arrays of arrays
+    # cannot be unnested row by row, so they travel flat as (row number, name) pairs and
+    # are gathered back in the order given.
+    "insert": """
+        INSERT INTO {tokens} (id, secret_hash, label, created_at, expires_at, uses_left,
+                              uses_limit, revoked_at, ends_at, scopes)
+        SELECT r.id, r.secret_hash, r.label, r.created_at, r.expires_at, r.uses_left,
+               r.uses_limit, r.revoked_at, r.ends_at, coalesce(s.scopes, ARRAY[]::text[])
+        FROM unnest(%(id)s::text[], %(secret_hash)s::bytea[], %(label)s::text[],
+                    %(created_at)s::bigint[], %(expires_at)s::bigint[], %(uses_left)s::bigint[],
+                    %(uses_limit)s::bigint[], %(revoked_at)s::bigint[], %(ends_at)s::bigint[])
+             WITH ORDINALITY AS r(id, secret_hash, label, created_at, expires_at, uses_left,
+                                  uses_limit, revoked_at, ends_at, n)
+        LEFT JOIN (SELECT x.n, array_agg(x.scope ORDER BY x.position) AS scopes
+                   FROM unnest(%(scope_row)s::bigint[], %(scope)s::text[])
+                        WITH ORDINALITY AS x(n, scope, position)
+                   GROUP BY x.n) AS s ON s.n = r.n
+        """,
+    # One statement for the whole batch. The FROM subquery locks each row (in ID order, so
+    # replicas never deadlock on each other) and reads its uses left after any concurrent
+    # update committed; RETURNING shows only new values, so the grant is computed there.
+    # The condition is in the statement: under READ COMMITTED a row another transaction
+    # changed is re-read and re-checked, so a last use is granted once, whoever races.
+    "consume": """
+        UPDATE {tokens} AS t
+        SET uses_left = t.uses_left - g.granted,
+            ends_at = CASE WHEN t.uses_left <= g.granted THEN %(now)s ELSE t.ends_at END
+        FROM (SELECT k.id, LEAST(w.n, k.uses_left) AS granted
+              FROM unnest(%(ids)s::text[], %(counts)s::bigint[]) AS w(id, n)
+              JOIN {tokens} AS k ON k.id = w.id
+              WHERE k.uses_left > 0 AND k.revoked_at IS NULL AND k.expires_at > %(now)s
+              ORDER BY k.id
+              FOR UPDATE OF k) AS g
+        WHERE t.id = g.id
+        RETURNING t.id, g.granted, t.uses_left
+        """,
+    "revoke": """
+        UPDATE {tokens} SET revoked_at = coalesce(revoked_at, %(now)s),
+                            ends_at = LEAST(ends_at, %(now)s)
+        WHERE id = %(id)s
+        """,
+    # Never revives a token: a revoked or used-up one keeps its expiry and its end.
+    "set_expiry": """
+        UPDATE {tokens} SET expires_at = %(at)s, ends_at = %(at)s
+        WHERE id = %(id)s AND revoked_at IS NULL AND (uses_left IS NULL OR uses_left > 0)
+        """,
+    "cut_expiry": """
+        UPDATE {tokens}
+        SET expires_at = LEAST(expires_at, GREATEST(%(latest)s, created_at)),
+            ends_at = LEAST(ends_at, GREATEST(%(latest)s, created_at))
+        WHERE id = %(id)s
+        """,
+    "live_ids": f"""
+        SELECT id, label FROM {{tokens}}
+        WHERE {_LIVE} AND id LIKE %(pattern)s
+        ORDER BY id LIMIT %(limit)s
+        """,
+    "scopes_in_use": f"""
+        SELECT DISTINCT s.name FROM {{tokens}} AS t, unnest(t.scopes) AS s(name)
+        WHERE {_LIVE_OF.format(t="t.")} AND s.name LIKE %(pattern)s
+        ORDER BY s.name LIMIT %(limit)s
+        """,
+    "count_ended": "SELECT count(*) FROM {tokens} WHERE ends_at <= %s",
+    "purge": "DELETE FROM {tokens} WHERE ends_at <= %s",
+    "counts": f"""
+        SELECT count(*) FILTER (WHERE {_LIVE}),
+               count(*) FILTER (WHERE revoked_at IS NULL AND expires_at <= %(now)s),
+               count(*) FILTER (WHERE revoked_at IS NULL AND expires_at > %(now)s
+                                      AND uses_left <= 0),
+               count(*) FILTER (WHERE revoked_at IS NOT NULL),
+               min(expires_at) FILTER (WHERE {_LIVE}),
+               (SELECT count(*) FROM {{audit}}),
+               (SELECT min(at) FROM {{audit}})
+        FROM {{tokens}}
+        """,
+    # ORDER BY n: the IDs (and so the order of events at the same second) follow the input.
+    "record": f"""
+        INSERT INTO {{audit}} ({_EVENT_COLUMNS})
+        SELECT {_EVENT_COLUMNS}
+        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+             WITH ORDINALITY AS e({_EVENT_COLUMNS}, n)
+        ORDER BY n
+        """,
+    "all_events": f"SELECT {_EVENT_COLUMNS} FROM {{audit}} ORDER BY at, id",
+    "drop_events": "DELETE FROM {audit} WHERE at < %s",
+    "size": """
+        SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0)
+        FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname IN ('tokens', 'audit') AND c.relkind = 'r'
+        """,
+}
+
+_query_cache: dict[str, dict[str, str]] = {}
+
+
+def _queries(schema: str) -> dict[str, str]:
+    """The statements for `schema`, with its names quoted by psycopg (built once)."""
+    queries = _query_cache.get(schema)
+    if queries is None:
+        names = {
+            "tokens": sql.Identifier(schema, "tokens"),
+            "audit": sql.Identifier(schema, "audit"),
+        }
+        queries = {key: sql.SQL(text).format(**names).as_string(None) for key, text in _SQL.items()}
+        _query_cache[schema] = queries
+    return queries
+
+
+def _record(row: Sequence[Any]) -> TokenRecord:
+    return TokenRecord(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], tuple(row[8])
+    )
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with `prefix`, taken literally."""
+    return re.sub(r"([\\%_])", r"\\\1", prefix) + "%"
+
+
+class PostgresStore(PostgresConnection):
+    """tokencli's schema in a PostgreSQL database, and every query the service needs
+    (store/base.py). One thread at a time; see PostgresConnection for transactions."""
+
+    def __init__(self, connection: psycopg.Connection[Any], url: str, schema: str) -> None:
+        super().__init__(connection, url, schema)
+        self._sql = _queries(schema)
+
+    def _prepare_schema(self, *, create: bool) -> bool:
+        """Check the schema; make or upgrade it as `open_postgres` says. False: none of ours."""
+        connection, schema = self._connection, self._schema
+        with self._errors():
+            if schema_module.current_version(connection, schema) == schema_module.SCHEMA_VERSION:
+                return True  # the common case: one query
+            found = schema_module.inspect(connection, schema)
+            schema_module.refuse_unless_usable(found, schema, self._location)
+            if found.version is None and not create:
+                return False
+            schema_module.migrate(connection, schema, self._location)
+        return True
+
+    def size_bytes(self) -> int:
+        """Bytes the two tables take on disk, with their indexes and TOAST."""
+        return int(self._rows(self._sql["size"], (self._schema,))[0][0])
+
+    def insert_tokens(self, records: Iterable[TokenRecord]) -> None:
+        """Insert new tokens in one statement; IdCollisionError if an ID is taken."""
+        self._insert(self._sql["insert"], records)
+
+    def insert_missing(self, records: Iterable[TokenRecord]) -> int:
+        """Insert the tokens whose ID is not yet stored; return how many were inserted."""
+        return self._insert(self._sql["insert"] + " ON CONFLICT (id) DO NOTHING", records)
+
+    def _insert(self, query: str, records: Iterable[TokenRecord]) -> int:
+        columns: dict[str, list[Any]] = {
+            name: []
+            for name in (
+                "id", "secret_hash", "label", "created_at", "expires_at", "uses_left",
+                "uses_limit", "revoked_at", "ends_at", "scope_row", "scope",
+            )
+        }  # fmt: skip
+        for row, record in enumerate(records, start=1):
+            columns["id"].append(record.id)
+            columns["secret_hash"].append(record.secret_hash)
+            columns["label"].append(record.label)
+            columns["created_at"].append(record.created_at)
+            columns["expires_at"].append(record.expires_at)
+            columns["uses_left"].append(record.uses_left)
+            columns["uses_limit"].append(record.uses_limit)
+            columns["revoked_at"].append(record.revoked_at)
+            columns["ends_at"].append(ends_at(record))
+            for scope in sorted(set(record.scopes)):
+                columns["scope_row"].append(row)
+                columns["scope"].append(scope)
+        if not columns["id"]:
+            return 0
+        return self._write(query, columns)
+
+    def existing_ids(self, ids: Collection[str]) -> set[str]:
+        """The IDs among `ids` that are stored, in one query."""
+        if not ids:
+            return set()
+        return {row[0] for row in self._rows(self._sql["existing_ids"], (list(ids),))}
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        """The token with this ID, or None."""
+        rows = self._rows(self._sql["get"], (token_id,))
+        return _record(rows[0]) if rows else None
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, TokenRecord]:
+        """The stored tokens among `ids`, by ID, in one query."""
+        if not ids:
+            return {}
+        rows = self._rows(self._sql["get_many"], (list(ids),))
+        return {row[0]: _record(row) for row in rows}
+
+    def consume_uses(self, wanted: Mapping[str, int], now: int) -> dict[str, tuple[int, int]]:
+        """Take up to `wanted[id]` uses of each use-limited live token: one statement.
+
+        Returns (uses granted, uses left afterwards) per ID granted at least one.
+        """
+        asked = {token_id: count for token_id, count in wanted.items() if count > 0}
+        if not asked:
+            return {}
+        rows = self._rows(
+            self._sql["consume"], {"ids": list(asked), "counts": list(asked.values()), "now": now}
+        )
+        return {row[0]: (int(row[1]), int(row[2])) for row in rows}
+
+    def revoke(self, token_id: str, now: int) -> bool:
+        """Mark the token revoked at `now` (kept if already revoked); False if no such token."""
+        return self._write(self._sql["revoke"], {"id": token_id, "now": now}) == 1
+
+    def revoke_matching(self, selector: TokenFilter, now: int) -> list[str]:
+        """Revoke every live token the filter selects (states, limit ignored); oldest first."""
+        where, params = _where(selector._replace(states=frozenset({TokenState.VALID})), now)
+        query = sql.SQL(
+            "WITH revoked AS (UPDATE {tokens} SET revoked_at = coalesce(revoked_at, %(now)s),"
+            " ends_at = LEAST(ends_at, %(now)s) {where} RETURNING id, created_at)"
+            " SELECT id FROM revoked ORDER BY created_at, id"
+        ).format(tokens=sql.Identifier(self._schema, "tokens"), where=where)
+        return [row[0] for row in self._rows(query, params)]
+
+    def set_expiry(self, token_id: str, expires_at: int) -> None:
+        """Give a token a new expiry (renew); a revoked or used-up one is left as it is."""
+        self._write(self._sql["set_expiry"], {"id": token_id, "at": expires_at})
+
+    def cut_expiry(self, token_id: str, latest: int) -> None:
+        """Make a token expire no later than `latest`, and never before its creation."""
+        self._write(self._sql["cut_expiry"], {"id": token_id, "latest": latest})
+
+    def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
+        """The tokens the filter selects at `now`, oldest first, streamed by a cursor."""
+        where, params = _where(selector, now)
+        limit = sql.SQL("")
+        if selector.limit is not None:
+            limit = sql.SQL(" LIMIT %(limit)s")
+            params["limit"] = selector.limit
+        query = sql.SQL("SELECT {columns} FROM {tokens} {where} ORDER BY created_at, id{limit}")
+        composed = query.format(
+            columns=sql.SQL(_TOKEN_COLUMNS),
+            tokens=sql.Identifier(self._schema, "tokens"),
+            where=where,
+            limit=limit,
+        )
+        return self._stream(composed, params, _record)
+
+    def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
+        """(ID, label) of live tokens whose ID starts with `prefix`, by ID."""
+        rows = self._rows(
+            self._sql["live_ids"], {"now": now, "pattern": _like_prefix(prefix), "limit": limit}
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def scopes_in_use(self, now: int, prefix: str, limit: int) -> list[str]:
+        """Scope names held by live tokens, starting with `prefix`, sorted."""
+        rows = self._rows(
+            self._sql["scopes_in_use"],
+            {"now": now, "pattern": _like_prefix(prefix), "limit": limit},
+        )
+        return [row[0] for row in rows]
+
+    def count_ended(self, now: int) -> int:
+        """How many tokens purge would delete at `now`."""
+        return int(self._rows(self._sql["count_ended"], (now,))[0][0])
+
+    def purge(self, now: int) -> int:
+        """Delete every expired, used-up or revoked token in one indexed statement."""
+        return self._write(self._sql["purge"], (now,))
+
+    def counts(self, now: int) -> Counts:
+        """Tokens by condition and the audit trail's size, in one query."""
+        row = self._rows(self._sql["counts"], {"now": now})[0]
+        live, expired, used_up, revoked = (int(value) for value in row[:4])
+        return Counts(live, expired, used_up, revoked, row[4], int(row[5]), row[6])
+
+    def record(self, events: Iterable[AuditEvent]) -> None:
+        """Append audit events in one statement (sent with the COMMIT when it can wait)."""
+        columns: list[list[Any]] = [[], [], [], [], [], []]
+        for event in events:
+            for column, value in zip(columns, event, strict=True):
+                column.append(value)
+        if not columns[0]:
+            return
+        if self._depth == 0:
+            self._execute(self._sql["record"], columns)
+        else:
+            self._defer(self._sql["record"], columns)
+
+    def events(self, *, since: int | None, token_id: str | None, limit: int) -> list[AuditEvent]:
+        """The newest `limit` events matching the filters, oldest first."""
+        conditions: list[sql.SQL] = []
+        params: dict[str, Any] = {"limit": limit}
+        if since is not None:
+            conditions.append(sql.SQL("at >= %(since)s"))
+            params["since"] = since
+        if token_id is not None:
+            conditions.append(sql.SQL("token_id = %(token_id)s"))
+            params["token_id"] = token_id
+        where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+        query = sql.SQL(
+            "SELECT {columns} FROM (SELECT id, {columns} FROM {audit} {where}"
+            " ORDER BY at DESC, id DESC LIMIT %(limit)s) AS newest ORDER BY at, id"
+        ).format(
+            columns=sql.SQL(_EVENT_COLUMNS),
+            audit=sql.Identifier(self._schema, "audit"),
+            where=where,
+        )
+        return [AuditEvent(*row) for row in self._rows(query, params)]
+
+    def iter_events(self) -> Iterator[AuditEvent]:
+        """Every audit event, oldest first, streamed by a cursor."""
+        return self._stream(self._sql["all_events"], None, lambda row: AuditEvent(*row))
+
+    def drop_events_before(self, cutoff: int) -> int:
+        """Delete audit events older than `cutoff`; return how many."""
+        return self._write(self._sql["drop_events"], (cutoff,))
+
+
+def _where(selector: TokenFilter, now: int) -> tuple[sql.SQL, dict[str, Any]]:
+    """The WHERE clause (conditions ANDed) and its parameters for a token filter."""
+    conditions: list[str] = []
+    params: dict[str, Any] = {"now": now}
+    if selector.states is not None:
+        # States that no stored token can be in (malformed, unknown...) select nothing.
+        states = [_STATE_SQL[state] for state in sorted(selector.states) if state in _STATE_SQL]
+        conditions.append(f"({' OR '.join(states)})" if states else "FALSE")
+    if selector.label is not None and "\x00" in selector.label:
+        # PostgreSQL text cannot hold NUL, so no stored label has one: nothing matches
+        # (as in SQLite), where sending it would fail the whole statement.
+        conditions.append("FALSE")
+    elif selector.label is not None:
+        conditions.append("label = %(label)s")
+        params["label"] = selector.label
+    if selector.scopes:
+        conditions.append("scopes @> %(scopes)s::text[]")
+        params["scopes"] = sorted(set(selector.scopes))
+    if selector.expires_by is not None:
+        conditions.append("expires_at <= %(expires_by)s")
+        params["expires_by"] = selector.expires_by
+    if not conditions:
+        return sql.SQL(""), params
+    return sql.SQL("WHERE " + " AND ".join(conditions)), params
+
+
+def open_postgres(url: str, *, create: bool) -> PostgresStore | None:
+    """Connect to `url` and check (or with `create`, make or upgrade) tokencli's schema.
+
+    Returns None when the schema holds nothing of ours and `create` is False: read-only
+    commands then behave as on an empty database, and nothing is created. An older schema
+    of ours is upgraded either way (as SQLite upgrades an older file when opening it).
+    """
+    _require_psycopg()
+    schema = schema_module.schema_from_env()
+    connection = _connect(url)
+    store = PostgresStore(connection, url, schema)
+    try:
+        if store._prepare_schema(create=create):
+            return store
+    except BaseException:
+        store.close()
+        raise
+    store.close()
+    return None
+
+
+class PostgresBackend:
+    """A PostgreSQL database opened for `serve`: a new connection per store.
+
+    The schema is checked and migrated once, here; nothing runs in the background (the
+    database does its own upkeep), so upkeep is a no-op and there are no gauges.
+    """
+
+    def __init__(self, url: str) -> None:
+        _require_psycopg()
+        schema = schema_module.schema_from_env()  # a bad name fails before connecting
+        store = PostgresStore(_connect(url), url, schema)
+        try:
+            store._prepare_schema(create=True)
+        finally:
+            store.close()
+        self._schema = store.schema
+        self._url = url
+        self._location = redact_url(url)
+
+    @property
+    def location(self) -> str:
+        """The URL, its password shown as ***."""
+        return self._location
+
+    def open_store(self) -> PostgresStore:
+        """A new store on a new connection; StorageError if the database is unreachable."""
+        return PostgresStore(_connect(self._url), self._url, self._schema)
+
+    def start_upkeep(self, report: Callable[[str], None]) -> None:
+        """Nothing to do: PostgreSQL vacuums and checkpoints on its own."""
+
+    def stop_upkeep(self) -> None:
+        """Nothing to stop."""
+
+    def gauges(self) -> dict[str, float]:
+        """No backend figures (PostgreSQL has its own exporters)."""
+        return {}
+
+
+if TYPE_CHECKING:  # mypy proves both classes keep the contracts of base.py
+
+    def _conforms(store: PostgresStore, backend: PostgresBackend) -> tuple[Store, Backend]:
+        return store, backend
