@@ -41,6 +41,18 @@ needs_executable = pytest.mark.skipif(
 )
 
 
+def component(name: str, *, package: str) -> str:
+    """The path of an outside program a test plugs tokencli into (a shell, PgBouncer, nginx,
+    promtool, openssl...). Missing: the test skips on a developer's machine and fails under
+    CI=true, where .ci/run installs Debian's `package`."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if found is not None:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is missing; .ci/run installs Debian's {package}")
+    pytest.skip(f"{name} is not installed (Debian's {package})")
+
+
 class Clock:
     """A clock the test moves by hand: pass it where the service takes `clock`."""
 
