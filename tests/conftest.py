@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from tokencli.domain.location import Location
 from tokencli.service.service import TokenService
 from tokencli.store.base import Store
-from tokencli.store.factory import open_backend, open_store
+from tokencli.store.factory import open_store
 from tokencli.store.sqlite.queries import SQLiteStore
 
 from databases import PostgresSchema, RawDatabase, SQLiteFile
@@ -153,15 +153,13 @@ def runner() -> CliRunner:
 
 
 @pytest.fixture
-def serve(location: Location, db_path: Path) -> Iterator[Callable[..., Served]]:
+def serve(location: Location) -> Iterator[Callable[..., Served]]:
     """Start real servers (over the test's database unless told otherwise); all are
     stopped when the test ends."""
     running: list[Served] = []
 
-    def start(backend: Any = None, **options: Any) -> Served:
-        if backend is None:
-            backend = db_path if location.url is None else open_backend(location)
-        served = start_server(backend, **options)
+    def start(where: Location | Path | None = None, **options: Any) -> Served:
+        served = start_server(where if where is not None else location, **options)
         running.append(served)
         return served
 
@@ -170,7 +168,8 @@ def serve(location: Location, db_path: Path) -> Iterator[Callable[..., Served]]:
         served.stop()
 
 
-@pytest.fixture(params=[0, 2], ids=["inline", "pool"])
-def served(serve: Callable[..., Served], request: pytest.FixtureRequest) -> Served:
-    """The server answering on its event loop, and with a pool of two workers."""
-    return serve(workers=request.param)
+@pytest.fixture
+def served(serve: Callable[..., Served]) -> Served:
+    """A server over the test's database: answering on its event loop over SQLite, on its
+    store thread over PostgreSQL."""
+    return serve()

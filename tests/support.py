@@ -20,13 +20,15 @@ from typing import Any
 
 import pytest
 
-from tokencli.http.api import ApiConfig, Keys
-from tokencli.http.metrics import Counters, Exposition
-from tokencli.server.config import Limits, ServerConfig
+from tokencli.domain.location import Location
+from tokencli.http.api import Answer, ApiConfig, answer_batch
+from tokencli.http.http11 import Request
+from tokencli.http.keys import ADMIN_KEY_ENV, VALIDATE_KEY_ENV
+from tokencli.server.accesslog import AccessLogFormat
+from tokencli.server.config import Limits
 from tokencli.server.server import TokenHTTPServer
+from tokencli.server.serving import ServeOptions, build_server
 from tokencli.service.service import TokenService
-from tokencli.store.base import Backend
-from tokencli.store.sqlite.backend import SQLiteBackend
 from tokencli.store.sqlite.queries import SQLiteStore
 
 START = 1_790_000_000  # a fixed UTC instant (2026-09-21), so tests never read the wall clock
@@ -167,46 +169,56 @@ class Served(Client):
 
 
 def start_server(
-    backend: Backend | Path,
+    location: Location | Path,
     *,
     admin_key: str | None = None,
     validate_key: str | None = None,
     clock: Clock | None = None,
-    workers: int = 0,
     limits: Limits | None = None,
-    tls: Any = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
     tls_trust: Any = None,
     log_format: str = "text",
     metrics: bool = True,
 ) -> Served:
-    """The real server on 127.0.0.1, any free port, its loop on a thread."""
-    if isinstance(backend, Path):
-        backend = SQLiteBackend(backend)
+    """The real server on 127.0.0.1, any free port, its loop on a thread: built by
+    `build_server`, as `tokencli serve` builds it, with the access log in a buffer."""
+    if isinstance(location, Path):
+        location = Location(path=location)
     log = io.StringIO()
-    counters = Counters()
-    exposition = Exposition(counters, backend.gauges) if metrics else None
-    api_config = ApiConfig(
-        Keys(admin=admin_key, validate=validate_key),
-        counters=counters,
-        metrics_page=exposition.render if exposition is not None else None,
-    )
-    config = ServerConfig(
-        host="127.0.0.1",
+    environ = {}
+    if admin_key is not None:
+        environ[ADMIN_KEY_ENV] = admin_key
+    if validate_key is not None:
+        environ[VALIDATE_KEY_ENV] = validate_key
+    options = ServeOptions(
+        location=location,
         port=0,
-        limits=limits or Limits(),
-        workers=workers,
-        tls=tls,
-        access_log=log,
-        access_log_format=log_format,
+        environ=environ,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        access_log=AccessLogFormat(log_format),
+        log_stream=log,
         metrics=metrics,
+        limits=limits or Limits(),
+        clock=clock or time.time,
     )
-    server = TokenHTTPServer(
-        backend, config, api_config, clock=clock or time.time, counters=counters
-    )
-    api_config.report = server.report
+    server = build_server(options)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     return Served(server, log, thread, tls_trust=tls_trust)
+
+
+def answer_one(
+    service: TokenService | None, request: Request, config: ApiConfig | None = None
+) -> Answer:
+    """The HTTP application's answer to one request, in a store batch as the server
+    answers it (no sockets)."""
+    config = config or ApiConfig()
+    if service is None:
+        return answer_batch(None, [request], config)[0]
+    with service.store.batch():
+        return answer_batch(service, [request], config)[0]
 
 
 def raw_exchange(port: int, request: bytes, timeout: float = 30) -> bytes:

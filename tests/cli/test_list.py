@@ -17,13 +17,12 @@ from typer.testing import CliRunner
 
 from tokencli.cli.app import app
 from tokencli.domain.model import EVERY_TOKEN, LIST_LIMIT_DEFAULT, TokenRecord, TokenState
-from tokencli.http import api
 from tokencli.http.api import ApiConfig, Keys
 from tokencli.http.http11 import Request
 from tokencli.service.service import TokenService
 from tokencli.store.sqlite.queries import SQLiteStore
 
-from support import ADMIN_KEY, VALIDATE_KEY, Clock, Served, needs_executable
+from support import ADMIN_KEY, VALIDATE_KEY, Clock, Served, answer_one, needs_executable
 
 JSON_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state", "scopes"]
 
@@ -219,7 +218,7 @@ def get(
     service: TokenService, target: str, config: ApiConfig | None = None, key: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    answer = api.answer(service, Request("GET", target, "HTTP/1.1", headers), config or ApiConfig())
+    answer = answer_one(service, Request("GET", target, "HTTP/1.1", headers), config or ApiConfig())
     return int(answer.status), json.loads(answer.body)
 
 

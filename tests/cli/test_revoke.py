@@ -21,12 +21,11 @@ from typer.testing import CliRunner
 
 from tokencli.cli.app import app
 from tokencli.domain.model import EVERY_TOKEN, TokenState
-from tokencli.http import api
 from tokencli.http.api import ApiConfig, Keys
 from tokencli.http.http11 import Request
 from tokencli.service.service import TokenService
 
-from support import ADMIN_KEY, VALIDATE_KEY, Clock
+from support import ADMIN_KEY, VALIDATE_KEY, Clock, answer_one
 
 EXECUTABLE = shutil.which("tokencli")
 needs_executable = pytest.mark.skipif(EXECUTABLE is None, reason="tokencli is not installed")
@@ -326,7 +325,7 @@ def delete(
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     request = Request("DELETE", f"/app/tokens/{token_id}", "HTTP/1.1", headers)
-    answer = api.answer(service, request, config or ApiConfig())
+    answer = answer_one(service, request, config or ApiConfig())
     return int(answer.status), answer.headers or {}, json.loads(answer.body)
 
 

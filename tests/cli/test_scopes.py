@@ -25,7 +25,6 @@ from tokencli.domain import tokens
 from tokencli.domain.errors import InvalidRequestError
 from tokencli.domain.model import MAX_SCOPES, TokenState
 from tokencli.domain.rules import validate_scope, validate_scopes
-from tokencli.http import api
 from tokencli.http.api import ApiConfig
 from tokencli.http.http11 import Request
 from tokencli.service.checking import Presented
@@ -33,7 +32,7 @@ from tokencli.service.service import TokenService
 from tokencli.service.views import iso_time
 from tokencli.store.sqlite.queries import SQLiteStore
 
-from support import Clock, Served
+from support import Clock, Served, answer_one
 
 SCOPE_CHARACTERS = string.ascii_lowercase + string.digits + ":._-"
 BAD_NAMES = [
@@ -93,7 +92,7 @@ def http(
 ) -> tuple[int, dict[str, Any]]:
     """One request answered by the API module (no sockets): status and JSON body."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
-    answer = api.answer(
+    answer = answer_one(
         service, Request(method, target, "HTTP/1.1", {}, raw), config or ApiConfig()
     )
     return int(answer.status), json.loads(answer.body)
@@ -527,7 +526,7 @@ def test_query_scopes_are_parsed_and_judged(service: TokenService, required: lis
 @given(raw=st.text(alphabet=st.sampled_from("scope=&;+%2Fa:b0Z\x00é#?"), max_size=60))
 def test_any_query_string_is_answered_200_or_400(service: TokenService, raw: str) -> None:
     token = service.issue(uses=1).token
-    answer = api.answer(
+    answer = answer_one(
         service, Request("GET", f"/app/valid/{token}?{raw}", "HTTP/1.1"), ApiConfig()
     )
     assert int(answer.status) in (200, 400), answer.body

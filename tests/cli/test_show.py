@@ -16,14 +16,13 @@ from typer.testing import CliRunner
 from tokencli.cli.app import app
 from tokencli.cli.output import TABLE_HEADERS
 from tokencli.domain import tokens
-from tokencli.http import api
 from tokencli.http.api import ApiConfig, Keys
 from tokencli.http.http11 import Request
 from tokencli.service.service import TokenService
 from tokencli.service.views import iso_time
 from tokencli.store.sqlite.queries import SQLiteStore
 
-from support import ADMIN_KEY, VALIDATE_KEY, Clock, Served
+from support import ADMIN_KEY, VALIDATE_KEY, Clock, Served, answer_one
 
 JSON_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state", "scopes"]
 
@@ -53,7 +52,7 @@ def files_of(db_path: Path) -> dict[str, bytes]:
 def http(
     service: TokenService, method: str, target: str, config: ApiConfig | None = None
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
-    answer = api.answer(service, Request(method, target, "HTTP/1.1"), config or ApiConfig())
+    answer = answer_one(service, Request(method, target, "HTTP/1.1"), config or ApiConfig())
     return int(answer.status), answer.headers or {}, json.loads(answer.body)
 
 
@@ -262,13 +261,13 @@ def test_http_show_needs_the_admin_key_when_one_is_set(service: TokenService) ->
     config = ApiConfig(Keys(admin=ADMIN_KEY, validate=VALIDATE_KEY))
     for headers in ({}, {"authorization": f"Bearer {VALIDATE_KEY}"}, {"authorization": "x"}):
         request = Request("GET", f"/app/tokens/{issued.info.id}", "HTTP/1.1", headers)
-        answer = api.answer(service, request, config)
+        answer = answer_one(service, request, config)
         assert int(answer.status) == 401
         assert answer.headers == {"WWW-Authenticate": 'Bearer realm="tokencli"'}
     request = Request(
         "GET", f"/app/tokens/{issued.info.id}", "HTTP/1.1", {"authorization": f"Bearer {ADMIN_KEY}"}
     )
-    assert int(api.answer(service, request, config).status) == 200
+    assert int(answer_one(service, request, config).status) == 200
 
 
 def test_http_show_over_the_real_server(serve: Callable[..., Served], db_path: Path) -> None:

@@ -55,6 +55,11 @@ def payload(answer: Answer) -> Any:
     return json.loads(answer.body)
 
 
+def answer_one(service: TokenService | None, sent: Request, config: ApiConfig) -> Answer:
+    """Answer one request (a batch of one), inside a store batch as the server does."""
+    return batch(service, sent, config=config)[0]
+
+
 def batch(
     service: TokenService | None, *requests: Request, config: ApiConfig | None = None
 ) -> list[Answer]:
@@ -74,7 +79,7 @@ def batch(
 def test_an_issue_answer_is_the_bytes_json_dumps_gives(http_service: TokenService) -> None:
     # The answer is written without json.dumps (hot path); it must not differ by a byte.
     for _ in range(50):
-        answer = api.answer(http_service, request("POST", "/app/token"), ApiConfig())
+        answer = answer_one(http_service, request("POST", "/app/token"), ApiConfig())
         token = payload(answer)["token"]
         assert answer.body == json.dumps({"status_code": 200, "token": token}).encode()
         assert tokens.parse(token) == token.split(":")[0]
@@ -84,7 +89,7 @@ def test_every_route_answers(http_service: TokenService, clock: Clock) -> None:
     metrics_page = b"# HELP tokencli_up 1\n"
     config = ApiConfig(counters=Counters(), metrics_page=lambda: metrics_page)
     issued = payload(
-        api.answer(
+        answer_one(
             http_service, request("POST", "/app/token", {"uses": 3, "scopes": ["a"]}), config
         )
     )
@@ -134,7 +139,7 @@ def test_every_route_answers(http_service: TokenService, clock: Clock) -> None:
         (request("GET", "/openapi.json"), "/openapi.json", 200, None),
     ]
     for sent, template, status, expected in cases:
-        answer = api.answer(http_service, sent, config)
+        answer = answer_one(http_service, sent, config)
         assert (int(answer.status), answer.route) == (status, template), answer.body
         body = payload(answer)
         for key, value in (expected or {}).items():
@@ -148,15 +153,15 @@ def test_every_route_answers(http_service: TokenService, clock: Clock) -> None:
         ("/redoc", api.HTML),
         ("/metrics", api.METRICS_TYPE),
     ):
-        answer = api.answer(http_service, request("GET", target), config)
+        answer = answer_one(http_service, request("GET", target), config)
         assert (int(answer.status), answer.content_type, answer.route) == (
             200,
             content_type,
             target,
         )
-    assert api.answer(http_service, request("GET", "/metrics"), config).body == metrics_page
+    assert answer_one(http_service, request("GET", "/metrics"), config).body == metrics_page
     assert (
-        payload(api.answer(http_service, request("GET", "/openapi.json"), config))
+        payload(answer_one(http_service, request("GET", "/openapi.json"), config))
         == openapi.document()
     )
 
@@ -172,7 +177,7 @@ def test_every_route_in_the_table_is_documented_and_reachable() -> None:
 
 
 def test_validation_answers_say_what_happened(http_service: TokenService) -> None:
-    answer = api.answer(http_service, request("GET", "/app/valid/nonsense"), ApiConfig())
+    answer = answer_one(http_service, request("GET", "/app/valid/nonsense"), ApiConfig())
     assert (answer.verdict, answer.route) == ("malformed", "/app/valid/{token}")
     assert payload(answer) == {"status_code": 200, "status": False, "state": "malformed"}
 
@@ -185,7 +190,7 @@ def test_validation_answers_say_what_happened(http_service: TokenService) -> Non
     [b"{", b"nope", b"[1,]", b"\xff\xfe", b'{"ttl": 1e999999}', b" ", b"\x00", b'{"a":1}{"b":2}'],
 )
 def test_malformed_json_is_400(http_service: TokenService, body: bytes) -> None:
-    answer = api.answer(http_service, request("POST", "/app/token", body), ApiConfig())
+    answer = answer_one(http_service, request("POST", "/app/token", body), ApiConfig())
     assert int(answer.status) == 400, answer.body
     assert set(payload(answer)) == {"status_code", "detail"}
     assert list(http_service.list_tokens()) == []
@@ -197,7 +202,7 @@ def test_json_nested_too_deep_is_400_whichever_route(
 ) -> None:
     token = http_service.issue(uses=1).token
     deep = b"[" * 20_000 + b"]" * 20_000
-    answer = api.answer(
+    answer = answer_one(
         http_service, request("POST", route.replace("{token}", token), deep), ApiConfig()
     )
     assert int(answer.status) == 400
@@ -215,7 +220,7 @@ def test_unknown_path_is_404_and_wrong_method_405_with_allow(http_service: Token
         "/%2e%2e/",
         "/app/valid/a/b",
     ):
-        answer = api.answer(http_service, request("GET", target), ApiConfig())
+        answer = answer_one(http_service, request("GET", target), ApiConfig())
         assert (int(answer.status), answer.route) == (404, "unmatched"), target
         assert payload(answer) == {
             "status_code": 404,
@@ -230,7 +235,7 @@ def test_unknown_path_is_404_and_wrong_method_405_with_allow(http_service: Token
         ("GET", "/app/clear/all/tokens", "DELETE"),
         ("\x1b[31mPOST", "/health", "GET"),
     ):
-        answer = api.answer(http_service, request(method, target), ApiConfig())
+        answer = answer_one(http_service, request(method, target), ApiConfig())
         assert int(answer.status) == 405
         assert answer.headers == {"Allow": allow}
         assert "\x1b" not in payload(answer)["detail"]
@@ -249,16 +254,16 @@ def test_without_a_service_what_needs_the_store_is_503_and_the_rest_answers() ->
         request("DELETE", "/app/tokens/aaaaaaaaaaaa"),
         request("GET", "/health"),
     ]
-    for answer in api.answer_batch(None, needs_store, config, "the disk is on fire"):
-        assert int(answer.status) == 503
-        assert payload(answer) == {"status_code": 503, "detail": "the disk is on fire"}
+    for refused in api.answer_batch(None, needs_store, config):
+        assert int(refused.status) == 503
+        assert payload(refused) == {"status_code": 503, "detail": api.UNAVAILABLE}
     for target in ("/openapi.json", "/docs", "/redoc", "/metrics"):
-        assert int(api.answer(None, request("GET", target), config).status) == 200
-    assert int(api.answer(None, request("GET", "/nope"), config).status) == 404
+        assert int(answer_one(None, request("GET", target), config).status) == 200
+    assert int(answer_one(None, request("GET", "/nope"), config).status) == 404
 
 
 def test_metrics_off_is_404(http_service: TokenService) -> None:
-    answer = api.answer(http_service, request("GET", "/metrics"), ApiConfig())
+    answer = answer_one(http_service, request("GET", "/metrics"), ApiConfig())
     assert int(answer.status) == 404
 
 
@@ -305,7 +310,7 @@ def test_the_key_rules(http_service: TokenService, config_name: str, presented_n
     ):
         for method, target in routes:
             body = {"token": "x"} if target == "/app/valid" else None
-            answer = api.answer(http_service, request(method, target, body, key=presented), config)
+            answer = answer_one(http_service, request(method, target, body, key=presented), config)
             refused = expected_refusal(kind, keys, presented)
             assert (int(answer.status) == 401) is refused, (kind, method, target, answer.body)
             if refused:
@@ -315,7 +320,7 @@ def test_the_key_rules(http_service: TokenService, config_name: str, presented_n
 
 def test_the_validate_key_does_not_administer(http_service: TokenService) -> None:
     config = ApiConfig(Keys(admin=ADMIN_KEY, validate=VALIDATE_KEY))
-    answer = api.answer(http_service, request("POST", "/app/token", key=VALIDATE_KEY), config)
+    answer = answer_one(http_service, request("POST", "/app/token", key=VALIDATE_KEY), config)
     assert int(answer.status) == 401 and list(http_service.list_tokens()) == []
 
 
@@ -329,7 +334,7 @@ def test_the_validate_key_does_not_administer(http_service: TokenService) -> Non
 )
 def test_the_bearer_scheme_is_case_insensitive(http_service: TokenService, header: str) -> None:
     config = ApiConfig(Keys(admin=ADMIN_KEY))
-    answer = api.answer(
+    answer = answer_one(
         http_service, request("GET", "/app/tokens", headers={"authorization": header}), config
     )
     assert int(answer.status) == 200
@@ -349,7 +354,7 @@ def test_the_bearer_scheme_is_case_insensitive(http_service: TokenService, heade
 )
 def test_near_miss_authorization_is_401(http_service: TokenService, header: str) -> None:
     config = ApiConfig(Keys(admin=ADMIN_KEY))
-    answer = api.answer(
+    answer = answer_one(
         http_service, request("GET", "/app/tokens", headers={"authorization": header}), config
     )
     assert int(answer.status) == 401
@@ -511,7 +516,7 @@ def test_unmatched_and_refused_requests_never_reach_a_handler(
     )
     config = ApiConfig(Keys(admin=ADMIN_KEY))
     for sent in (request("POST", "/app/token"), request("GET", "/app/tokens")):
-        assert int(api.answer(http_service, sent, config).status) == 401
+        assert int(answer_one(http_service, sent, config).status) == 401
 
 
 # -- parse_json_body ---------------------------------------------------------------------
@@ -584,7 +589,7 @@ def test_deep_json_in_other_encodings_is_still_a_clean_400() -> None:
 def test_tokens_module_is_the_only_judge_of_a_token(http_service: TokenService) -> None:
     """A stranger's well-formed token is unknown over HTTP too, with nothing else said."""
     stranger = tokens.generate().plaintext
-    answer = api.answer(http_service, request("GET", f"/app/valid/{stranger}"), ApiConfig())
+    answer = answer_one(http_service, request("GET", f"/app/valid/{stranger}"), ApiConfig())
     assert payload(answer) == {"status_code": 200, "status": False, "state": "unknown"}
 
 

@@ -17,7 +17,6 @@ from tokencli.domain.location import Location
 from tokencli.http.api import ApiConfig, Keys
 from tokencli.http.keys import KeySource, load_keys
 from tokencli.server import serving
-from tokencli.server.config import ServerConfig
 from tokencli.server.server import TokenHTTPServer
 
 from support import ADMIN_KEY, VALIDATE_KEY, Served, needs_executable, serve_process
@@ -103,15 +102,17 @@ def test_key_files_win_over_the_environment(
     monkeypatch.setenv("TOKENCLI_VALIDATE_KEY", "validate-env")
     key_file = tmp_path / "admin.key"
     key_file.write_text("from-file\n")
-    assert load_keys(KeySource(admin_file=key_file)) == Keys("from-file", "validate-env")
-    assert load_keys(KeySource()) == Keys("from-env", "validate-env")
+    assert load_keys(KeySource(admin_file=key_file), os.environ) == Keys(
+        "from-file", "validate-env"
+    )
+    assert load_keys(KeySource(), os.environ) == Keys("from-env", "validate-env")
 
 
 def test_reload_keeps_the_old_key_when_a_file_turns_bad(tmp_path: Path) -> None:
     key_file = tmp_path / "admin.key"
     key_file.write_text("first-key\n")
     source = KeySource(admin_file=key_file)
-    config = ApiConfig(load_keys(source))
+    config = ApiConfig(load_keys(source, {}))
     reports: list[str] = []
     key_file.write_text("second-key\n")
     serving.reload_keys(config, source, reports.append)
@@ -167,6 +168,7 @@ def test_a_failed_event_loop_exits_non_zero(
         raise RuntimeError("the loop broke")  # stands in for a bug in the loop itself
 
     monkeypatch.setattr(TokenHTTPServer, "_loop", broken_loop)
-    code = serving.run(Location(path=tmp_path / "t.db"), ServerConfig(port=0), Keys(), KeySource())
+    server = serving.build_server(serving.ServeOptions(Location(path=tmp_path / "t.db"), port=0))
+    code = serving.run(server)
     assert code == 1
     assert "the event loop failed: RuntimeError" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The server's group commit on each store: the in-process server over a SQLite file and
-over a PostgreSQL schema (a PostgresBackend), answering inline and from a pool."""
+over a PostgreSQL schema (a PostgresBackend): on the event loop and on the store thread."""
 
 from __future__ import annotations
 

@@ -42,7 +42,11 @@ def certificates(tmp_path: Path) -> Certificates:
 
 
 def test_https_round_trip(serve: Callable[..., Served], certificates: Certificates) -> None:
-    served = serve(tls=certificates.server_context(), tls_trust=certificates.client)
+    served = serve(
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
+        tls_trust=certificates.client,
+    )
     assert served.server.url.startswith("https://127.0.0.1:")
     status, _, payload = served.request("POST", "/app/token")
     assert status == 200
@@ -60,7 +64,11 @@ def test_https_round_trip(serve: Callable[..., Served], certificates: Certificat
 def test_plain_http_to_an_https_server_is_dropped_not_answered_in_clear(
     serve: Callable[..., Served], certificates: Certificates
 ) -> None:
-    served = serve(tls=certificates.server_context(), tls_trust=certificates.client)
+    served = serve(
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
+        tls_trust=certificates.client,
+    )
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as client:
         client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         client.settimeout(10)
@@ -76,7 +84,8 @@ def test_a_stalled_handshake_delays_no_one_and_is_dropped(
     serve: Callable[..., Served], certificates: Certificates
 ) -> None:
     served = serve(
-        tls=certificates.server_context(),
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
         tls_trust=certificates.client,
         limits=Limits(request_timeout=1.0),
     )
@@ -99,7 +108,11 @@ def test_a_stalled_handshake_delays_no_one_and_is_dropped(
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_tls_below_1_2_is_refused(serve: Callable[..., Served], certificates: Certificates) -> None:
-    served = serve(tls=certificates.server_context(), tls_trust=certificates.client)
+    served = serve(
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
+        tls_trust=certificates.client,
+    )
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     certificates.ca.configure_trust(old)
     try:
@@ -173,7 +186,11 @@ def client_hello() -> bytes:
 def test_half_a_client_hello_holds_no_tls_state(
     serve: Callable[..., Served], certificates: Certificates
 ) -> None:
-    served = serve(tls=certificates.server_context(), tls_trust=certificates.client)
+    served = serve(
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
+        tls_trust=certificates.client,
+    )
     hello = client_hello()
     stalled = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(20)]
     try:
@@ -194,7 +211,8 @@ def test_at_the_handshake_cap_stalled_handshakes_make_way(
     serve: Callable[..., Served], certificates: Certificates
 ) -> None:
     served = serve(
-        tls=certificates.server_context(),
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
         tls_trust=certificates.client,
         limits=Limits(request_timeout=30.0, max_handshakes=3, idle_under_pressure=0.5),
     )

@@ -1,23 +1,27 @@
-"""`tokencli serve`: options parsed here, everything else in serving.py."""
+"""`tokencli serve`: its options parsed here; building and running the server is
+server/serving.py's `build_server` and `run`, which the tests call too."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tokencli.cli.base import app, exit_codes, location_of, warn
-from tokencli.domain.errors import InvalidRequestError
 from tokencli.http.keys import ADMIN_KEY_ENV, VALIDATE_KEY_ENV
+from tokencli.server.accesslog import AccessLogFormat
 
 
 @app.command()
 def serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    host: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="Port; 0 picks a free one.")
+    ] = 8000,
     admin_key_file: Annotated[
         Path | None,
         typer.Option(
@@ -35,7 +39,10 @@ def serve(
         ),
     ] = None,
     allow_unauthenticated: Annotated[
-        bool, typer.Option(help="Allow a non-loopback --host with no admin key.")
+        bool,
+        typer.Option(
+            "--allow-unauthenticated", help="Allow a non-loopback --host with no admin key."
+        ),
     ] = False,
     tls_cert: Annotated[
         Path | None, typer.Option(metavar="FILE", help="PEM certificate chain: serve HTTPS.")
@@ -44,10 +51,12 @@ def serve(
         Path | None, typer.Option(metavar="FILE", help="PEM private key of --tls-cert.")
     ] = None,
     access_log: Annotated[
-        str,
-        typer.Option(metavar="text|json|off", help="Access log format on stderr."),
-    ] = "text",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
+        AccessLogFormat,
+        typer.Option(case_sensitive=False, help="Access log on stderr: text, json or off."),
+    ] = AccessLogFormat.TEXT,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No access log (--access-log off).")
+    ] = False,
     metrics: Annotated[bool, typer.Option(help="Answer GET /metrics (Prometheus).")] = True,
     max_connections: Annotated[
         int | None,
@@ -58,15 +67,6 @@ def serve(
             "Default: what the open-file limit allows.",
         ),
     ] = None,
-    workers: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=64,
-            help="Worker threads answering requests; 0 answers them on the event loop "
-            "(fastest on SQLite, see docs/benchmarks.md).",
-        ),
-    ] = 0,
 ) -> None:
     """Serve the token API over HTTP(S): the original service's endpoints and more.
 
@@ -82,54 +82,22 @@ def serve(
           --tls-cert cert.pem --tls-key key.pem
       curl -X POST http://127.0.0.1:8000/app/token -H 'Content-Type: application/json'
     """
-    from tokencli.http.keys import KeySource, key_file_is_shared, load_keys
     from tokencli.server import serving
-    from tokencli.server.config import (
-        Limits,
-        ServerConfig,
-        descriptor_budget,
-        is_loopback,
-        tls_context,
-    )
 
+    options = serving.ServeOptions(
+        location=location_of(ctx),
+        host=host,
+        port=port,
+        admin_key_file=admin_key_file,
+        validate_key_file=validate_key_file,
+        allow_unauthenticated=allow_unauthenticated,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        access_log=AccessLogFormat.OFF if quiet else access_log,
+        metrics=metrics,
+        max_connections=max_connections,
+    )
     with exit_codes():
-        if access_log not in ("text", "json", "off"):
-            raise InvalidRequestError("--access-log is text, json or off")
-        if (tls_cert is None) != (tls_key is None):
-            raise InvalidRequestError("give --tls-cert and --tls-key together")
-        source = KeySource(admin_key_file, validate_key_file)
-        keys = load_keys(source)
-        for key_file in (admin_key_file, validate_key_file):
-            if key_file is not None and key_file_is_shared(key_file):
-                warn(f"key file {key_file} is readable by others; chmod 600 it")
-        public = not is_loopback(host)
-        if keys.admin is None and public and not allow_unauthenticated:
-            raise InvalidRequestError(
-                f"refusing to listen on {host} with no admin key: set ${ADMIN_KEY_ENV} or "
-                "--admin-key-file, or pass --allow-unauthenticated"
-            )
-        tls = None
-        if tls_cert is not None and tls_key is not None:
-            try:
-                tls = tls_context(str(tls_cert), str(tls_key))
-            except ValueError as error:
-                raise InvalidRequestError(str(error)) from None
-        elif public and (keys.admin is not None or keys.validate is not None):
-            warn(
-                f"serving plain HTTP on {host}: keys and tokens cross the network in "
-                "cleartext unless a proxy in front terminates TLS (--tls-cert/--tls-key)"
-            )
-        budget = descriptor_budget()
-        limits = Limits(max_connections=min(max_connections or budget, budget))
-        config = ServerConfig(
-            host=host,
-            port=port,
-            limits=limits,
-            workers=workers,
-            tls=tls,
-            access_log=None if quiet or access_log == "off" else sys.stderr,
-            access_log_format="text" if access_log == "off" else access_log,
-            metrics=metrics,
-        )
-        code = serving.run(location_of(ctx), config, keys, source)
+        server = serving.build_server(options, warn)
+        code = serving.run(server)
     raise typer.Exit(code)

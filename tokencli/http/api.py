@@ -1,13 +1,15 @@
 """The HTTP application: routes and handlers, request in, answer out. No sockets here.
 
-The server (server.py) frames bytes into requests and hands a batch of them to
-`answer_batch`, inside one store transaction (group commit). Each request is answered
-alone: a bad body, a refused key or a bug in one handler is that request's 4xx or 500,
-never its neighbours'. Consecutive validations in a batch are judged together
+The server frames bytes into requests, routes them (`route_requests`: what each needs
+of the store decides where it is answered) and hands a batch of them to `answer_batch`,
+inside one store transaction (group commit). Each request is answered alone: a bad body,
+a refused key or a bug in one handler is that request's 4xx or 500, never its
+neighbours'. Consecutive validations in a batch are judged together
 (`TokenService.check_many`), so a batch costs a constant number of queries.
 
-Routes are data (`ROUTES`): method, path pattern, handler, whether it needs the store,
-which key it needs, and for validations how to read the presented token.
+Routes are data (`ROUTES`): method, path pattern, handler, what it needs of the store
+(nothing, a read, a write), which key it needs, and for validations how to read the
+presented token.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Sequence
+from enum import IntEnum
 from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import unquote
@@ -48,6 +51,9 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # would otherwise end in RecursionError.
 MAX_JSON_DEPTH = 32
 _STATE_NAMES = {state.value: state for state in STORED_STATES}
+# What a 503 says: the reason (a host, a file, a user) goes to the server log only.
+UNAVAILABLE = "the database is unavailable; the server log has the reason"
+BUSY = "the database is busy (another process holds its write lock); try again"
 
 
 class Answer(NamedTuple):
@@ -76,7 +82,7 @@ class Keys(NamedTuple):
 class ApiConfig:
     """What the application needs beside a request; `keys` is swapped whole on reload."""
 
-    __slots__ = ("keys", "counters", "metrics_page", "report")
+    __slots__ = ("keys", "counters", "metrics_page", "report", "_down")
 
     def __init__(
         self,
@@ -90,6 +96,21 @@ class ApiConfig:
         self.counters = counters
         self.metrics_page = metrics_page
         self.report = report
+        self._down: str | None = None
+
+    def storage_failed(self, reason: str) -> None:
+        """Log why the database is unusable: once, and again only when the reason changes
+        (retries must not flood the log). A 503's body never says why: the reason may name
+        a host, a file or a user."""
+        if reason != self._down:
+            self.report(f"database unavailable: {reason}")
+        self._down = reason
+
+    def storage_recovered(self) -> None:
+        """The database answered again after a failure: say so, once."""
+        if self._down is not None:
+            self._down = None
+            self.report("database available again")
 
 
 class Call(NamedTuple):
@@ -101,6 +122,14 @@ class Call(NamedTuple):
     config: ApiConfig
 
 
+class Need(IntEnum):
+    """What answering a request needs of the store; a batch needs the most of its own."""
+
+    NOTHING = 0  # errors, /metrics, /openapi.json, /docs: answered at once
+    READ = 1  # /health, listings, show: never waits for a writer
+    WRITE = 2  # validations (a use, an audit event), issue, revoke, purge
+
+
 class Route(NamedTuple):
     """A method and path pattern, and how to answer them."""
 
@@ -108,9 +137,23 @@ class Route(NamedTuple):
     template: str
     pattern: re.Pattern[str]
     handler: Callable[[Call], Answer] | None
-    needs_store: bool
+    need: Need
     key: str | None  # "admin", "validate" or None
     presents: Callable[[Request, dict[str, str]], Presented] | None = None
+
+
+class Routed(NamedTuple):
+    """A request with the route that answers it, or the routing error that does."""
+
+    request: Request
+    route: Route | None
+    params: dict[str, str]
+    error: HttpError | None
+
+    @property
+    def need(self) -> Need:
+        """What its answer needs of the store."""
+        return self.route.need if self.route is not None else Need.NOTHING
 
 
 def json_answer(status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None) -> Answer:
@@ -444,7 +487,7 @@ def _route(method: str, template: str, regex: str, handler: Any, **options: Any)
         template,
         re.compile(regex),
         handler,
-        options.get("store", False),
+        options.get("need", Need.NOTHING),
         options.get("key"),
         options.get("presents"),
     )
@@ -459,7 +502,7 @@ ROUTES: tuple[Route, ...] = (
             "/app/valid/{token}",
             r"/app/valid/(?P<token>[^/]*)",
             None,
-            store=True,
+            need=Need.WRITE,
             key="validate",
             presents=_presented_in_path,
         )
@@ -470,23 +513,43 @@ ROUTES: tuple[Route, ...] = (
         "/app/valid",
         r"/app/valid",
         None,
-        store=True,
+        need=Need.WRITE,
         key="validate",
         presents=_presented_in_body,
     ),
-    _route("POST", "/app/token", r"/app/token", _issue, store=True, key="admin"),
+    _route("POST", "/app/token", r"/app/token", _issue, need=Need.WRITE, key="admin"),
     _route(
-        "DELETE", "/app/clear/all/tokens", r"/app/clear/all/tokens", _purge, store=True, key="admin"
+        "DELETE",
+        "/app/clear/all/tokens",
+        r"/app/clear/all/tokens",
+        _purge,
+        need=Need.WRITE,
+        key="admin",
     ),
-    _route("GET", "/app/tokens", r"/app/tokens", _list, store=True, key="admin"),
-    _route("GET", "/app/tokens/{id}", rf"/app/tokens/{_ID}", _show, store=True, key="admin"),
-    _route("DELETE", "/app/tokens/{id}", rf"/app/tokens/{_ID}", _revoke, store=True, key="admin"),
-    _route("GET", "/health", r"/health", _health, store=True),
+    _route("GET", "/app/tokens", r"/app/tokens", _list, need=Need.READ, key="admin"),
+    _route("GET", "/app/tokens/{id}", rf"/app/tokens/{_ID}", _show, need=Need.READ, key="admin"),
+    _route(
+        "DELETE", "/app/tokens/{id}", rf"/app/tokens/{_ID}", _revoke, need=Need.WRITE, key="admin"
+    ),
+    _route("GET", "/health", r"/health", _health, need=Need.READ),
     _route("GET", "/metrics", r"/metrics", _metrics, key="admin"),
     _route("GET", "/openapi.json", r"/openapi\.json", _openapi),
     _route("GET", "/docs", r"/docs", _docs),
     _route("GET", "/redoc", r"/redoc", _redoc),
 )
+
+
+def route_requests(requests: Sequence[Request]) -> list[Routed]:
+    """Each request with its route (or the 404/405 that answers it)."""
+    routed = []
+    for request in requests:
+        try:
+            route, params = find_route(request)
+        except HttpError as error:
+            routed.append(Routed(request, None, {}, error))
+            continue
+        routed.append(Routed(request, route, params, None))
+    return routed
 
 
 def find_route(request: Request) -> tuple[Route, dict[str, str]]:
@@ -519,7 +582,8 @@ def _failure(error: Exception, template: str, config: ApiConfig) -> Answer:
     elif isinstance(error, NotFoundError):
         answer = error_answer(HTTPStatus.NOT_FOUND, str(error))
     elif isinstance(error, StorageError):
-        answer = error_answer(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+        config.storage_failed(str(error))
+        answer = error_answer(HTTPStatus.SERVICE_UNAVAILABLE, UNAVAILABLE)
     elif isinstance(error, TokencliError):
         answer = error_answer(HTTPStatus.BAD_REQUEST, str(error))
     else:
@@ -534,7 +598,7 @@ def _handle(route: Route, call: Call) -> Answer:
     PostgreSQL, where a failing statement aborts the whole transaction), so its failure
     costs this request alone, never the batch it was answered in."""
     assert route.handler is not None
-    if not route.needs_store:
+    if route.need is Need.NOTHING:
         return route.handler(call)
     with call.service.store.isolated():
         return route.handler(call)
@@ -542,17 +606,18 @@ def _handle(route: Route, call: Call) -> Answer:
 
 def answer_batch(
     service: TokenService | None,
-    requests: Sequence[Request],
+    requests: Sequence[Request] | Sequence[Routed],
     config: ApiConfig,
-    unavailable: str = "the database is unavailable",
 ) -> list[Answer]:
-    """Answer requests in order. With no service, what needs the store gets 503.
+    """Answer requests (or requests already routed) in order. With no service, what
+    needs the store gets 503.
 
     Runs inside the caller's store batch: a handler's writes are a savepoint of it.
     Consecutive validations are judged together in one `check_many`.
     """
     keys = config.keys  # read once: a key reload applies from the next batch on
-    answers: list[Answer | None] = [None] * len(requests)
+    routed = [item if isinstance(item, Routed) else route_requests([item])[0] for item in requests]
+    answers: list[Answer | None] = [None] * len(routed)
     group: list[tuple[int, str, Presented]] = []
 
     def judge_group() -> None:
@@ -575,30 +640,27 @@ def answer_batch(
             except Exception as error:
                 answers[index] = _failure(error, template, config)
 
-    for index, request in enumerate(requests):
+    for index, (request, route, params, error) in enumerate(routed):
         template = "unmatched"
         try:
-            route, params = find_route(request)
+            if route is None:
+                assert error is not None
+                raise error
             template = route.template
             authorize(route, request, keys)
-            if route.needs_store and service is None:
-                raise StorageError(unavailable)
+            if route.need and service is None:
+                raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, UNAVAILABLE)
             if route.presents is not None:
                 group.append((index, template, route.presents(request, params)))
                 continue
             judge_group()  # keep the order of a client's pipelined requests
             call = Call(service, request, params, config)  # type: ignore[arg-type]
             answers[index] = _handle(route, call).with_route(template)
-        except Exception as error:
-            answers[index] = _failure(error, template, config)
+        except Exception as failure:
+            answers[index] = _failure(failure, template, config)
     judge_group()
     # Every request has its answer, in its place: the server pairs them by position.
     return [
         answer if answer is not None else _failure(AssertionError(), "unmatched", config)
         for answer in answers
     ]
-
-
-def answer(service: TokenService | None, request: Request, config: ApiConfig) -> Answer:
-    """Answer one request (a batch of one)."""
-    return answer_batch(service, [request], config)[0]

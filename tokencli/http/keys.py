@@ -8,7 +8,7 @@ keeps the old key, and the error is logged (never the key).
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,24 +57,25 @@ def _checked(key: str, where: str) -> str:
     return key
 
 
-def _from_env(name: str) -> str | None:
-    value = os.environ.get(name)
+def _from_env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
     if value is None or value == "":
         return None
     return _checked(value, f"${name}")
 
 
-def load_keys(source: KeySource) -> Keys:
-    """Both keys now, or InvalidRequestError (exit 2 at start) naming the problem."""
+def load_keys(source: KeySource, environ: Mapping[str, str]) -> Keys:
+    """Both keys now (a file wins over `environ`), or InvalidRequestError (exit 2 at
+    start) naming the problem."""
     admin = (
         read_key_file(source.admin_file, "admin key")
         if source.admin_file
-        else _from_env(ADMIN_KEY_ENV)
+        else _from_env(environ, ADMIN_KEY_ENV)
     )
     validate = (
         read_key_file(source.validate_file, "validate key")
         if source.validate_file
-        else _from_env(VALIDATE_KEY_ENV)
+        else _from_env(environ, VALIDATE_KEY_ENV)
     )
     return Keys(admin=admin, validate=validate)
 

@@ -15,12 +15,21 @@ import os
 import re
 import threading
 import time
+from enum import StrEnum
 from typing import NamedTuple, TextIO
 from urllib.parse import unquote
 
 from tokencli.service.views import literal
 
-FORMATS = ("text", "json", "off")
+
+class AccessLogFormat(StrEnum):
+    """How `serve` writes its access log (`--access-log`)."""
+
+    TEXT = "text"
+    JSON = "json"
+    OFF = "off"
+
+
 MAX_LOGGED_TARGET = 200
 MAX_REQUEST_ID = 128
 _AFTER_COLON = re.compile(r":[^/?&=#;,\s]+")
@@ -86,11 +95,9 @@ class Entry(NamedTuple):
 class AccessLog:
     """Formats entries and writes them in one go per loop turn."""
 
-    def __init__(self, stream: TextIO, log_format: str = "text") -> None:
-        if log_format not in ("text", "json"):
-            raise ValueError(f"unknown access log format {log_format!r}")
+    def __init__(self, stream: TextIO, log_format: AccessLogFormat = AccessLogFormat.TEXT) -> None:
         self._stream = stream
-        self._json = log_format == "json"
+        self._json = log_format is AccessLogFormat.JSON
         self._lines: list[str] = []
         self._lock = threading.Lock()
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
+from tokencli.http.keys import KeySource
+from tokencli.server.accesslog import AccessLogFormat
+
 if TYPE_CHECKING:
     import ssl
 
@@ -36,10 +39,16 @@ class Limits(NamedTuple):
     # few per connection, so clients that pipeline hard get no more than their share.
     max_pipelined: int = 4
     max_batch: int = 256
+    # How long the event loop waits for SQLite's write lock before trying the batch again
+    # on a later turn (another process may hold it for seconds: a long import)...
+    lock_wait: float = 0.002
+    # ...and how long a write may wait in all before it is answered 503.
+    store_wait: float = 10.0
     listen_backlog: int = 1024
     recv_bytes: int = 65536
-    # Open client connections; past it, new ones wait in the listen backlog.
-    max_connections: int = 1000
+    # Open client connections; past it, new ones wait in the listen backlog. 0: what the
+    # open-file limit allows (serving.build_server decides).
+    max_connections: int = 0
     # TLS handshakes under way; at it, new connections wait in the backlog and those older
     # than idle_under_pressure are dropped (each holds tens of KiB of TLS state).
     max_handshakes: int = 1000
@@ -51,11 +60,11 @@ class ServerConfig(NamedTuple):
     host: str = "127.0.0.1"
     port: int = 8000
     limits: Limits = Limits()
-    workers: int = 0
     tls: ssl.SSLContext | None = None
     access_log: TextIO | None = None
-    access_log_format: str = "text"
+    access_log_format: AccessLogFormat = AccessLogFormat.TEXT
     metrics: bool = True
+    key_source: KeySource = KeySource()  # the key files SIGHUP re-reads
 
     @property
     def scheme(self) -> str:

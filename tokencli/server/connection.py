@@ -58,6 +58,54 @@ class Hub(Protocol):
         """Bytes arrived: the connection is among the most recently heard from."""
 
 
+class Outbox:
+    """Bytes queued for a client and not yet sent, sent as the socket takes them."""
+
+    __slots__ = ("data", "position", "since")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.position = 0  # how much of `data` has been sent
+        self.since = 0.0  # when output became pending; 0 when none is
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued and not yet sent."""
+        return len(self.data) - self.position
+
+    def add(self, data: bytes) -> None:
+        """Queue bytes after what is already queued."""
+        if len(self.data) == self.position:
+            self.since = time.monotonic()
+        self.data += data
+
+    def send(self, sock: socket.socket) -> bool:
+        """Send what the socket takes now, never waiting; False if the socket failed."""
+        out = self.data
+        while len(out) > self.position:
+            try:
+                if not self.position:
+                    sent = sock.send(out)  # the usual case: all of it, no view needed
+                else:
+                    with memoryview(out) as view, view[self.position :] as chunk:
+                        sent = sock.send(chunk)
+            except WANT:
+                break
+            except OSError:
+                return False
+            if sent <= 0:
+                break
+            self.position += sent
+        if len(out) == self.position:
+            out.clear()
+            self.position = 0
+            self.since = 0.0
+        elif self.position > 65536 and self.position * 2 > len(out):
+            del out[: self.position]  # rarely: keep the copy cost linear
+            self.position = 0
+        return True
+
+
 class Connection:
     """One client connection as the event loop sees it."""
 
@@ -66,9 +114,7 @@ class Connection:
         "sock",
         "peer",
         "parser",
-        "out",
-        "out_position",
-        "out_since",
+        "outbox",
         "accepted",
         "request_started",
         "request_perf",
@@ -91,9 +137,7 @@ class Connection:
         self.sock = sock
         self.peer = peer
         self.parser = RequestParser()
-        self.out = bytearray()
-        self.out_position = 0
-        self.out_since = 0.0  # when output became pending; 0 when none is
+        self.outbox = Outbox()
         self.accepted = now
         self.request_started = 0.0  # first byte of the request being received; 0 if none
         self.request_perf = 0.0
@@ -113,7 +157,7 @@ class Connection:
     @property
     def pending_output(self) -> int:
         """Bytes queued and not yet sent."""
-        return len(self.out) - self.out_position
+        return self.outbox.pending
 
     @property
     def is_idle(self) -> bool:
@@ -173,6 +217,8 @@ class Connection:
                 if request is None:
                     break
                 requests.append(request)
+                if not request.keep_alive:
+                    break  # nothing after a request that closes is answered, or run
         except HttpError as error:
             if not requests:
                 self.refuse(error)
@@ -203,6 +249,16 @@ class Connection:
                 self.request_perf = time.perf_counter()
             self.advance()
 
+    def answered(self, frames: list[bytes], *, close: bool) -> None:
+        """The answers to the requests handed over, framed: queue them (the server sends
+        them once their log lines are out), and close after them if `close`."""
+        self.busy = False
+        for frame in frames:
+            self.queue(frame, send=False)
+        self.close_after = close
+        self.request_started = 0.0
+        self.last_active = time.monotonic()
+
     def refuse(self, error: HttpError) -> None:
         """A request that broke framing or a limit: answer it, then hang up gracefully."""
         answer = error_answer(error.status, error.detail, error.headers)
@@ -230,40 +286,19 @@ class Connection:
         self._queue_raw(data, send=send)
 
     def _queue_raw(self, data: bytes, *, send: bool = True) -> None:
-        if not self.pending_output:
-            self.out_since = time.monotonic()
-        self.out += data
+        self.outbox.add(data)
         if send:
             self.flush()
 
     def flush(self) -> None:
         """Send what the socket takes now; never wait for it."""
-        sock = self.sock
-        while len(self.out) > self.out_position:
-            try:
-                if not self.out_position:
-                    sent = sock.send(self.out)  # the usual case: all of it, no view needed
-                else:
-                    with memoryview(self.out) as view, view[self.out_position :] as chunk:
-                        sent = sock.send(chunk)
-            except WANT:
-                break
-            except OSError:
-                self.close()
-                return
-            if sent <= 0:
-                break
-            self.out_position += sent
-        if len(self.out) == self.out_position:
-            self.out.clear()
-            self.out_position = 0
-            self.out_since = 0.0
-            if self.close_after and not self.busy:
-                self.hang_up()
-                return
-        elif self.out_position > 65536 and self.out_position * 2 > len(self.out):
-            del self.out[: self.out_position]  # rarely: keep the copy cost linear
-            self.out_position = 0
+        outbox = self.outbox
+        if not outbox.send(self.sock):
+            self.close()
+            return
+        if not outbox.data and self.close_after and not self.busy:
+            self.hang_up()
+            return
         if self.parser.buffer and not self.busy:
             self.take_next()  # requests held back while answers piled up
         self.update_events()
@@ -284,6 +319,38 @@ class Connection:
         self.draining_until = time.monotonic() + self.hub.limits.drain_seconds
         self.set_events(READ)
 
+    # -- deadlines and crowding ---------------------------------------------------------
+
+    def expire(self, now: float, request_timeout: float, idle_limit: float) -> None:
+        """Close, or answer 408, if this connection overstayed what it is doing: a
+        handshake, a request arriving, answers not read, lingering, or idling."""
+        if not self.open:
+            return
+        if self.draining_until:
+            if now > self.draining_until:
+                self.close()
+        elif self.handshaking:
+            if now - self.accepted > request_timeout:
+                self.close()
+        elif self.outbox.pending and now - self.outbox.since > request_timeout:
+            self.close()  # a client that does not read its answers
+        elif self.busy:
+            return  # its answers are being made; the store bounds that wait
+        elif self.request_started:
+            if now - self.request_started > request_timeout:
+                self.time_out()
+        elif not self.pending_output and now - self.last_active > idle_limit:
+            self.close()
+
+    def heard_since(self, moment: float) -> bool:
+        """Bytes arrived (or a handshake began) after `moment`."""
+        return self.last_active > moment
+
+    @property
+    def evictable(self) -> bool:
+        """Nothing owed to the client: no answer being made or waiting to be sent."""
+        return not self.busy and not self.pending_output
+
     # -- selector interest and closing -----------------------------------------------------
 
     def update_events(self) -> None:
@@ -294,7 +361,7 @@ class Connection:
         """
         if not self.open:
             return
-        pending = len(self.out) - self.out_position
+        pending = self.outbox.pending
         if self.draining_until:
             events = READ
         elif self.close_after or pending > self._high_water:
@@ -374,6 +441,7 @@ class TlsConnection(Connection):
 
     def start_tls(self) -> None:
         """Begin the handshake on the first record already received."""
+        self.last_active = time.monotonic()  # a slot's stall clock starts now
         try:
             self.tls.start()
             plain = self._advance_tls()

@@ -7,7 +7,6 @@ in config.py, and docs/design.md ("How it serves") says why each exists.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import time
 
@@ -56,23 +55,7 @@ class Deadlines:
         limits = self._limits
         idle_limit = limits.idle_under_pressure if crowded else limits.idle_timeout
         for connection in connections:
-            if not connection.open:
-                continue
-            if connection.draining_until:
-                if now > connection.draining_until:
-                    connection.close()
-            elif connection.handshaking:
-                if now - connection.accepted > limits.request_timeout:
-                    connection.close()
-            elif connection.pending_output and now - connection.out_since > limits.request_timeout:
-                connection.close()  # a client that does not read its answers
-            elif connection.busy:
-                continue
-            elif connection.request_started:
-                if now - connection.request_started > limits.request_timeout:
-                    connection.time_out()
-            elif not connection.pending_output and now - connection.last_active > idle_limit:
-                connection.close()
+            connection.expire(now, limits.request_timeout, idle_limit)
 
 
 def make_room(table: dict[int, Connection], limits: Limits) -> bool:
@@ -87,9 +70,9 @@ def make_room(table: dict[int, Connection], limits: Limits) -> bool:
     """
     quiet_since = time.monotonic() - limits.idle_under_pressure
     for connection in list(itertools.islice(table.values(), EVICT_PER_TURN)):
-        if connection.last_active > quiet_since:
+        if connection.heard_since(quiet_since):
             break  # the rest have been heard from more recently
-        if not connection.busy and not connection.pending_output:
+        if connection.evictable:
             connection.close()
     return len(table) < limits.max_connections
 
@@ -99,16 +82,23 @@ class HandshakeSlots:
 
     When all slots are taken, handshakes quiet for `idle_under_pressure` make way (a real
     one takes milliseconds), and the newest waiting connection goes first: clients that
-    stall keep piling up at the back, where the request timeout ends them.
+    stall keep piling up at the back, where the request timeout ends them. A connection
+    that closes leaves its slot or its place in the queue at once (`done`).
     """
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
-        self._running: dict[int, TlsConnection] = {}  # oldest first (dicts keep order)
-        self._waiting: collections.deque[TlsConnection] = collections.deque()
+        # Both by descriptor, oldest first (dicts keep insertion order).
+        self._running: dict[int, TlsConnection] = {}
+        self._waiting: dict[int, TlsConnection] = {}
 
     def __len__(self) -> int:
         return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """Connections waiting for a slot."""
+        return len(self._waiting)
 
     @property
     def waiting(self) -> bool:
@@ -117,7 +107,7 @@ class HandshakeSlots:
 
     def ask(self, connection: TlsConnection) -> None:
         """Queue a connection whose first TLS record has arrived; start what may start."""
-        self._waiting.append(connection)
+        self._waiting[connection.fd] = connection
         self.run()
 
     def run(self) -> None:
@@ -126,16 +116,15 @@ class HandshakeSlots:
         if len(self._running) >= limits.max_handshakes:
             quiet_since = time.monotonic() - limits.idle_under_pressure
             for running in list(itertools.islice(self._running.values(), EVICT_PER_TURN)):
-                if running.last_active > quiet_since:
+                if running.heard_since(quiet_since):
                     break
                 running.close()
         while self._waiting and len(self._running) < limits.max_handshakes:
-            connection = self._waiting.pop()
-            if connection.open:
-                self._running[connection.fd] = connection
-                connection.last_active = time.monotonic()
-                connection.start_tls()
+            _, connection = self._waiting.popitem()  # the newest
+            self._running[connection.fd] = connection
+            connection.start_tls()
 
     def done(self, fileno: int) -> None:
         """The handshake on this descriptor finished, or its connection closed."""
         self._running.pop(fileno, None)
+        self._waiting.pop(fileno, None)

@@ -8,8 +8,8 @@ the table of connections and the loop:
 - accept, up to `max_connections` open; past it the listener pauses and new connections
   wait in the backlog, and idle keep-alive connections are closed sooner;
 - hand framed requests to a dispatcher (dispatch.py), which answers a turn's requests in
-  one store transaction, on the loop or on a pool; deliver the answers, in order, after
-  the commit, with their access-log lines written first;
+  one store transaction, on the loop (SQLite) or on a store thread (PostgreSQL); deliver
+  the answers, in order, after the commit, with their access-log lines written first;
 - once a second, close what overstayed (handshakes, requests, unread output, idle);
 - one request's fault is that request's alone: a bug while handling a connection closes
   that connection, logged without secrets; if the loop itself fails, `serve_forever`
@@ -28,20 +28,19 @@ import threading
 import time
 from collections.abc import Callable
 
-from tokencli.http import http11
-from tokencli.http.api import Answer, ApiConfig
+from tokencli.http.api import ApiConfig
 from tokencli.http.metrics import Counters
-from tokencli.server.accesslog import AccessLog, Entry, RequestIds
+from tokencli.server.accesslog import AccessLog
 from tokencli.server.config import ServerConfig
 from tokencli.server.connection import Connection, TlsConnection
 from tokencli.server.crowding import Deadlines, HandshakeSlots, make_room
-from tokencli.server.dispatch import Dispatcher, InlineDispatcher, Job, PoolDispatcher
+from tokencli.server.delivery import Delivery
+from tokencli.server.dispatch import Dispatcher, Job, dispatcher_for
 from tokencli.server.poller import READ, WRITE, Poller
 from tokencli.store.base import Backend
 
 _ACCEPTS_PER_TURN = 256
 _SWEEP_TURN = 0.1  # seconds between turns while a pass is under way and nothing else is
-_METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
 
 
 class TokenHTTPServer:
@@ -61,12 +60,12 @@ class TokenHTTPServer:
         self.limits = config.limits
         self.api_config = api_config
         self.counters = counters
-        self.access_log = (
+        access_log = (
             AccessLog(config.access_log, config.access_log_format)
             if config.access_log is not None
             else None
         )
-        self._request_ids = RequestIds()
+        self.delivery = Delivery(access_log, counters)
         self._clock = clock
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
@@ -125,20 +124,9 @@ class TokenHTTPServer:
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Run the event loop until `stop` is called; raises if the loop itself fails."""
-        limits = self.limits
-        if self.config.workers:
-            self._dispatcher = PoolDispatcher(
-                self.backend,
-                self.api_config,
-                self._clock,
-                limits.max_batch,
-                self.config.workers,
-                self._wake,
-            )
-        else:
-            self._dispatcher = InlineDispatcher(
-                self.backend, self.api_config, self._clock, limits.max_batch
-            )
+        self._dispatcher = dispatcher_for(
+            self.backend, self.api_config, self._clock, self.limits, self._wake
+        )
         self.backend.start_upkeep(self.report)
         try:
             self._loop(poll_interval)
@@ -147,8 +135,7 @@ class TokenHTTPServer:
             self.backend.stop_upkeep()
             for connection in self.connections():
                 connection.close()
-            if self.access_log is not None:
-                self.access_log.flush()
+            self.delivery.flush()
             self.selector.close()
             self._listener.close()
             self._wake_reader.close()
@@ -168,49 +155,72 @@ class TokenHTTPServer:
     # -- the loop ---------------------------------------------------------------------------
 
     def _loop(self, poll_interval: float) -> None:
-        assert self._dispatcher is not None
         stop_deadline: float | None = None
         while True:
-            # Requests framed but not yet answered (pipelined ones, after a delivery) must
-            # not wait for the poll interval; nor a sweep under way.
-            timeout = (
-                0 if self._ready else (_SWEEP_TURN if self._deadlines.under_way else poll_interval)
-            )
-            for ready, mask in self.selector.poll(timeout):
-                if ready is self._listener:
-                    self._accept()
-                elif ready is self._wake_reader:
-                    with contextlib.suppress(OSError):
-                        self._wake_reader.recv(4096)
-                else:
-                    self._on_event(ready, mask)
+            self._poll(self._poll_timeout(poll_interval))
             if not self._accepting and not self._stopping.is_set() and self._make_room():
                 self._resume_accepting()
             if self._handshakes.waiting:
                 self._handshakes.run()
-            if self._ready:
-                jobs, self._ready = self._ready, []
-                self._dispatcher.submit(jobs)
-            finished = self._dispatcher.take_finished()
-            for job in finished:
-                self._deliver(job)
-            # The log lines of these answers are written before the answers leave, so a
-            # client that has its answer finds its line in the log.
-            if self.access_log is not None:
-                self.access_log.flush()
-            for job in finished:
-                self._send_answers(job.connection)
+            self._dispatch()
             now = time.monotonic()
             self._deadlines.step(self._connections, now)
             if self._stopping.is_set():
                 if stop_deadline is None:
                     stop_deadline = now + self.limits.request_timeout
                     self._stop_accepting()
-                for connection in self.connections():
-                    if connection.is_idle:
-                        connection.close()
-                if not self._connections or now > stop_deadline:
+                if self._stopped_enough(now, stop_deadline):
                     return
+
+    def _poll_timeout(self, poll_interval: float) -> float:
+        """How long the next poll may wait: not at all when framed requests wait, a
+        moment while a sweep or a retry of the dispatcher is due."""
+        if self._ready:
+            return 0.0
+        timeout = _SWEEP_TURN if self._deadlines.under_way else poll_interval
+        assert self._dispatcher is not None
+        wanted = self._dispatcher.next_turn(time.monotonic())
+        return timeout if wanted is None else min(timeout, wanted)
+
+    def _poll(self, timeout: float) -> None:
+        for ready, mask in self.selector.poll(timeout):
+            if ready is self._listener:
+                self._accept()
+            elif ready is self._wake_reader:
+                with contextlib.suppress(OSError):
+                    self._wake_reader.recv(4096)
+            else:
+                self._on_event(ready, mask)
+
+    def _dispatch(self) -> None:
+        """Hand over the framed requests; deliver what has been answered."""
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        if self._ready:
+            jobs, self._ready = self._ready, []
+            dispatcher.submit(jobs)
+        dispatcher.step(time.monotonic())
+        finished = dispatcher.take_finished()
+        stopping = self._stopping.is_set()
+        for job in finished:
+            self.delivery.deliver(job, stopping=stopping)
+        # The log lines of these answers are written before the answers leave, so a
+        # client that has its answer finds its line in the log.
+        self.delivery.flush()
+        for job in finished:
+            if job.connection.open:
+                job.connection.flush()  # which also takes the connection's next requests
+
+    def _stopped_enough(self, now: float, deadline: float) -> bool:
+        """While stopping: close what is idle; True once nothing is left (or too late).
+
+        A connection whose answers are being made or sent stays until they are out:
+        a committed answer is delivered (within the deadline), never dropped.
+        """
+        for connection in self.connections():
+            if connection.is_idle:
+                connection.close()
+        return not self._connections or now > deadline
 
     def _on_event(self, connection: Connection, mask: int) -> None:
         """Handle one connection's readiness; a failure closes that connection alone."""
@@ -308,66 +318,4 @@ class TokenHTTPServer:
 
     def log_refusal(self, connection: Connection, status: int) -> None:
         """Count and log a request refused before framing; its line goes out at once."""
-        self._log(connection, None, None, status, None, None)
-        if self.access_log is not None:
-            self.access_log.flush()  # rare, and its line should be out before the answer
-
-    # -- answering --------------------------------------------------------------------------
-
-    def _deliver(self, job: Job) -> None:
-        """Queue a job's answers, in order, on its connection (sent by _send_answers)."""
-        connection: Connection = job.connection
-        connection.busy = False
-        if not connection.open:
-            return  # closed while its requests were being answered
-        stopping = self._stopping.is_set()
-        for request, answer in zip(job.requests, job.answers, strict=True):
-            request_id = self._request_ids.take(request.headers.get("x-request-id"))
-            close = not request.keep_alive or stopping
-            data = http11.response(
-                answer.status,
-                answer.body,
-                answer.content_type,
-                close=close,
-                headers=answer.headers,
-                extra=f"X-Request-Id: {request_id}\r\n",
-            )
-            self._log(
-                connection, request.method, request.target, int(answer.status), request_id, answer
-            )
-            connection.close_after = close
-            connection.queue(data, send=False)
-            if close:
-                break
-        connection.request_started = 0.0
-        connection.last_active = time.monotonic()
-
-    def _send_answers(self, connection: Connection) -> None:
-        """Send a delivered job's answers, then take the connection's next requests."""
-        if not connection.open:
-            return
-        connection.flush()  # which takes the next requests and updates its events
-
-    # -- log and metrics --------------------------------------------------------------------
-
-    def _log(
-        self,
-        connection: Connection,
-        method: str | None,
-        target: str | None,
-        status: int,
-        request_id: str | None,
-        answer: Answer | None,
-    ) -> None:
-        started = connection.request_perf
-        seconds = time.perf_counter() - started if started else 0.0
-        counters = self.counters
-        if counters is not None:
-            label = method if method in _METHODS else "other"
-            route = answer.route if answer is not None else "unmatched"
-            counters.count_request(route, label, status, seconds)
-        if self.access_log is not None:
-            verdict = answer.verdict if answer is not None else None
-            self.access_log.add(
-                Entry(connection.peer, method, target, status, seconds * 1000, request_id, verdict)
-            )
+        self.delivery.refused(connection, status)

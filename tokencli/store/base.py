@@ -44,6 +44,10 @@ class IdCollisionError(StorageError):
     """A freshly generated ID already exists (about one in 10^12 per token)."""
 
 
+class StoreBusy(StorageError):
+    """The write lock was not had within the wait asked for; nothing ran, try later."""
+
+
 class Store(Protocol):
     """One connection to a tokencli database and every query the service needs."""
 
@@ -64,8 +68,18 @@ class Store(Protocol):
         """
         ...
 
-    def batch(self) -> AbstractContextManager[None]:
-        """Group the transactions run in the block into one commit (serve's group commit)."""
+    def batch(self, *, wait: float | None = None) -> AbstractContextManager[None]:
+        """Group the transactions run in the block into one commit (serve's group commit).
+
+        `wait`: how long to wait for the write lock at most (None: the store's own
+        timeout); past it StoreBusy is raised before anything ran. Only SQLite has a
+        database-wide write lock; PostgreSQL bounds its row locks with lock_timeout.
+        """
+        ...
+
+    def reading(self) -> AbstractContextManager[None]:
+        """One read transaction for blocks that only read: on SQLite it never waits for
+        the write lock (WAL readers do not block on a writer)."""
         ...
 
     def isolated(self) -> AbstractContextManager[None]:
@@ -190,6 +204,13 @@ class Backend(Protocol):
     @property
     def location(self) -> str:
         """Where the data is, safe to print."""
+        ...
+
+    @property
+    def inline(self) -> bool:
+        """True when every wait of a store call is short (a local file): the event loop
+        may answer on it directly. False for a database across a network, whose waits
+        are bounded but can last seconds: the server answers on a thread of its own."""
         ...
 
     def open_store(self) -> Store:

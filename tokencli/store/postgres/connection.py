@@ -239,8 +239,13 @@ class PostgresConnection:
         """One transaction; inside another block (such as `batch()`), a savepoint."""
         return self._block()
 
-    def batch(self) -> contextlib.AbstractContextManager[None]:
-        """Group the transactions run in the block into one commit (serve's group commit)."""
+    def batch(self, *, wait: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """Group the transactions run in the block into one commit (serve's group commit).
+        `wait` is for SQLite's write lock; row locks here wait at most lock_timeout."""
+        return self._block()
+
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """A transaction for a block that only reads."""
         return self._block()
 
     def isolated(self) -> contextlib.AbstractContextManager[None]:

@@ -454,6 +454,11 @@ class PostgresBackend:
         """The URL, its password shown as ***."""
         return self._location
 
+    @property
+    def inline(self) -> bool:
+        """False: a round trip can wait seconds; the server answers on a thread."""
+        return False
+
     def open_store(self) -> PostgresStore:
         """A new store on a new connection; StorageError if the database is unreachable."""
         return PostgresStore(_connect(self._url), self._url, self._schema)

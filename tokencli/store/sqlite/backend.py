@@ -51,6 +51,11 @@ class SQLiteBackend:
         """The database file's path."""
         return str(self.path)
 
+    @property
+    def inline(self) -> bool:
+        """True: a local file, whose waits the store keeps short (`batch(wait=...)`)."""
+        return True
+
     def open_store(self) -> SQLiteStore:
         """A connection for one thread, with automatic checkpoints left to the upkeep.
 

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 from tokencli.domain.errors import StorageError
-from tokencli.store.sqlite.opening import Held, StorageErrors, open_connection, release
+from tokencli.store.base import StoreBusy
+from tokencli.store.sqlite.opening import (
+    BUSY_TIMEOUT_SECONDS,
+    Held,
+    StorageErrors,
+    open_connection,
+    release,
+)
 from tokencli.store.sqlite.schema import migrate
+
+BUSY_TIMEOUT_MS = int(BUSY_TIMEOUT_SECONDS * 1000)
 
 
 class FileWatch:
@@ -39,7 +49,7 @@ class SQLiteConnection:
         self,
         connection: sqlite3.Connection,
         path: Path | None,
-        write_lock: contextlib.AbstractContextManager[Any] | None = None,
+        write_lock: threading.Lock | None = None,
         watch: FileWatch | None = None,
         *,
         writable: bool = True,
@@ -48,10 +58,11 @@ class SQLiteConnection:
         self._connection = connection
         self.path = path
         self._held = held  # counted while open (sqlite_open.hold): released on close
-        self._write_lock = write_lock if write_lock is not None else contextlib.nullcontext()
+        self._write_lock = write_lock
         self._watch = watch
         self._writable = writable
         self._depth = 0  # open blocks: 1 is the transaction, more are savepoints
+        self._busy_ms = BUSY_TIMEOUT_MS  # what connect() set
 
     @classmethod
     def open(
@@ -60,7 +71,7 @@ class SQLiteConnection:
         *,
         create: bool,
         read_only: bool = False,
-        write_lock: contextlib.AbstractContextManager[Any] | None = None,
+        write_lock: threading.Lock | None = None,
         watch: FileWatch | None = None,
     ) -> Self:
         """Open the database at `path`; create it if `create`, else read a missing one as
@@ -112,14 +123,29 @@ class SQLiteConnection:
         """
         return self._block()
 
-    def batch(self) -> contextlib.AbstractContextManager[None]:
+    def batch(self, *, wait: float | None = None) -> contextlib.AbstractContextManager[None]:
         """Group the transactions run in the block into one commit (group commit).
 
         A commit costs far more than the statements of one check; the server answers
         the requests that arrived together in one batch and sends the answers only once
-        it has committed, so no client hears of a change that was not stored.
+        it has committed, so no client hears of a change that was not stored. With
+        `wait`, the write lock (this process's and SQLite's) is waited for at most that
+        long, then StoreBusy: the event loop must never sleep behind another writer.
         """
-        return self._block()
+        return self._block(wait)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read transaction (a snapshot); in WAL mode it never waits for a writer."""
+        connection = self._connection
+        self._check_watch()
+        with self._errors():
+            connection.execute("BEGIN")
+            try:
+                yield
+            finally:
+                if connection.in_transaction:
+                    connection.execute("COMMIT")
 
     def isolated(self) -> contextlib.AbstractContextManager[None]:
         """Nothing: on SQLite a failed statement leaves the transaction usable, and each
@@ -128,7 +154,7 @@ class SQLiteConnection:
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
-    def _block(self) -> Iterator[None]:
+    def _block(self, wait: float | None = None) -> Iterator[None]:
         connection = self._connection
         if self._depth:
             name = f"step{self._depth}"
@@ -148,19 +174,40 @@ class SQLiteConnection:
                 connection.execute(f"RELEASE {name}")
             return
         self._check_watch()
-        with self._write_lock, self._errors():
-            connection.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield
-                self._refuse_if_rolled_back()
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            finally:
-                self._depth = 0
-            connection.execute("COMMIT")
+        lock = self._write_lock
+        if lock is not None and not lock.acquire(timeout=-1 if wait is None else wait):
+            raise StoreBusy(f"database at {self.path} is being written by this process")
+        try:
+            with self._errors():
+                self._begin(wait)
+                self._depth = 1
+                try:
+                    yield
+                    self._refuse_if_rolled_back()
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._depth = 0
+                connection.execute("COMMIT")
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _begin(self, wait: float | None) -> None:
+        """BEGIN IMMEDIATE: take SQLite's write lock now, waiting at most `wait` (else the
+        busy timeout) for another process to let go of it."""
+        wanted = BUSY_TIMEOUT_MS if wait is None else int(wait * 1000)
+        if wanted != self._busy_ms:  # a serving connection sets it once, not per batch
+            self._connection.execute(f"PRAGMA busy_timeout = {wanted}")
+            self._busy_ms = wanted
+        try:
+            self._connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if wait is not None and ("locked" in str(error) or "busy" in str(error)):
+                raise StoreBusy(f"database at {self.path} is locked by another process") from None
+            raise
 
     def _refuse_if_rolled_back(self) -> None:
         # SQLite rolls a whole transaction back itself on some failures (disk full, I/O
@@ -188,7 +235,7 @@ class SQLiteConnection:
         """
         with self._errors():
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            with self._write_lock:
+            with self._write_lock or contextlib.nullcontext():
                 self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def ping(self) -> None:
