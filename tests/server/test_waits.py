@@ -9,16 +9,23 @@ as the test says, so nothing here depends on how fast the machine is.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+import trustme
 
+from tokencli.domain.location import Location
 from tokencli.server.config import Limits
 from tokencli.service.service import TokenService
 from tokencli.store.sqlite.queries import SQLiteStore
@@ -172,8 +179,6 @@ def test_sigterm_delivers_every_answer_already_committed(
 
 def client_hello() -> bytes:
     """A real TLS ClientHello, as the first bytes a client sends."""
-    import ssl
-
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
     with pytest.raises(ssl.SSLWantReadError):
@@ -184,8 +189,6 @@ def client_hello() -> bytes:
 def test_closed_connections_leave_the_tls_handshake_queue_at_once(
     serve: Callable[..., Served], tmp_path: Path
 ) -> None:
-    import trustme
-
     ca = trustme.CA()
     issued = ca.issue_cert("localhost", "127.0.0.1")
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -215,3 +218,40 @@ def test_closed_connections_leave_the_tls_handshake_queue_at_once(
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.mark.stores("postgres", reason="a backend process to stop")
+def test_a_stopped_postgres_backend_holds_up_only_what_needs_it(
+    serve: Callable[..., Served], postgres_url: str
+) -> None:
+    name = f"tokencli-wait-{uuid.uuid4().hex[:8]}"
+    served = serve(Location(url=f"{postgres_url}&application_name={name}"))
+    assert served.request("POST", "/app/token")[0] == 200  # the store's connection is open
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchone()
+    assert row is not None
+    backend = int(row[0])
+    os.kill(backend, signal.SIGSTOP)
+    stuck: list[int] = []
+    try:
+        waiting = threading.Thread(
+            target=lambda: stuck.append(served.request("POST", "/app/token")[0])
+        )
+        waiting.start()
+        time.sleep(0.2)  # the issue is now waiting on the stopped backend
+        # The loop answers everything that needs no database meanwhile.
+        for path in ("/openapi.json", "/metrics", "/docs"):
+            connection = served.connection(timeout=5)
+            try:
+                connection.request("GET", path)
+                assert connection.getresponse().status == 200, path
+            finally:
+                connection.close()
+        status, _, _ = served.request("GET", "/nowhere")
+        assert status == 404
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    waiting.join(timeout=60)
+    assert stuck and stuck[0] in (200, 503)  # answered once the backend moves again
