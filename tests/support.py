@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tokencli.domain.location import Location
-from tokencli.http.api import Answer, ApiConfig, answer_batch
+from tokencli.http.api import Answer, ApiConfig, answer_requests
 from tokencli.http.http11 import Request
 from tokencli.http.keys import ADMIN_KEY_ENV, VALIDATE_KEY_ENV
 from tokencli.server.accesslog import AccessLogFormat
@@ -216,9 +216,9 @@ def answer_one(
     answers it (no sockets)."""
     config = config or ApiConfig()
     if service is None:
-        return answer_batch(None, [request], config)[0]
+        return answer_requests(None, [request], config)[0]
     with service.store.batch():
-        return answer_batch(service, [request], config)[0]
+        return answer_requests(service, [request], config)[0]
 
 
 def raw_exchange(port: int, request: bytes, timeout: float = 30) -> bytes:

@@ -66,9 +66,9 @@ def batch(
     """Answer a batch inside one store batch, as the server does (group commit)."""
     config = config or ApiConfig()
     if service is None:
-        return api.answer_batch(None, list(requests), config)
+        return api.answer_requests(None, list(requests), config)
     with service.store.batch():
-        answers = api.answer_batch(service, list(requests), config)
+        answers = api.answer_requests(service, list(requests), config)
     assert len(answers) == len(requests)
     return answers
 
@@ -254,7 +254,7 @@ def test_without_a_service_what_needs_the_store_is_503_and_the_rest_answers() ->
         request("DELETE", "/app/tokens/aaaaaaaaaaaa"),
         request("GET", "/health"),
     ]
-    for refused in api.answer_batch(None, needs_store, config):
+    for refused in api.answer_requests(None, needs_store, config):
         assert int(refused.status) == 503
         assert payload(refused) == {"status_code": 503, "detail": api.UNAVAILABLE}
     for target in ("/openapi.json", "/docs", "/redoc", "/metrics"):

@@ -1,6 +1,6 @@
 """The HTTP application: routes and handlers, request in, answer out. No sockets here.
 
-The server frames bytes into requests, routes them (`route_requests`: what each needs
+The server frames bytes into requests, routes them (`route_request`: what each needs
 of the store decides where it is answered) and hands a batch of them to `answer_batch`,
 inside one store transaction (group commit). Each request is answered alone: a bad body,
 a refused key or a bug in one handler is that request's 4xx or 500, never its
@@ -142,18 +142,9 @@ class Route(NamedTuple):
     presents: Callable[[Request, dict[str, str]], Presented] | None = None
 
 
-class Routed(NamedTuple):
-    """A request with the route that answers it, or the routing error that does."""
-
-    request: Request
-    route: Route | None
-    params: dict[str, str]
-    error: HttpError | None
-
-    @property
-    def need(self) -> Need:
-        """What its answer needs of the store."""
-        return self.route.need if self.route is not None else Need.NOTHING
+# A request with the route that answers it and the path's parameters, or with the
+# routing error (404, 405) that answers it. A plain tuple: one is made per request.
+Routed = tuple[Request, Route | None, dict[str, str], HttpError | None]
 
 
 def json_answer(status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None) -> Answer:
@@ -539,17 +530,13 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def route_requests(requests: Sequence[Request]) -> list[Routed]:
-    """Each request with its route (or the 404/405 that answers it)."""
-    routed = []
-    for request in requests:
-        try:
-            route, params = find_route(request)
-        except HttpError as error:
-            routed.append(Routed(request, None, {}, error))
-            continue
-        routed.append(Routed(request, route, params, None))
-    return routed
+def route_request(request: Request) -> Routed:
+    """The request with its route (or the 404/405 that answers it)."""
+    try:
+        route, params = find_route(request)
+    except HttpError as error:
+        return request, None, {}, error
+    return request, route, params, None
 
 
 def find_route(request: Request) -> tuple[Route, dict[str, str]]:
@@ -604,19 +591,22 @@ def _handle(route: Route, call: Call) -> Answer:
         return route.handler(call)
 
 
-def answer_batch(
-    service: TokenService | None,
-    requests: Sequence[Request] | Sequence[Routed],
-    config: ApiConfig,
+def answer_requests(
+    service: TokenService | None, requests: Sequence[Request], config: ApiConfig
 ) -> list[Answer]:
-    """Answer requests (or requests already routed) in order. With no service, what
-    needs the store gets 503.
+    """Route and answer requests, in order (see `answer_batch`)."""
+    return answer_batch(service, [route_request(request) for request in requests], config)
+
+
+def answer_batch(
+    service: TokenService | None, routed: Sequence[Routed], config: ApiConfig
+) -> list[Answer]:
+    """Answer routed requests in order. With no service, what needs the store gets 503.
 
     Runs inside the caller's store batch: a handler's writes are a savepoint of it.
     Consecutive validations are judged together in one `check_many`.
     """
     keys = config.keys  # read once: a key reload applies from the next batch on
-    routed = [item if isinstance(item, Routed) else route_requests([item])[0] for item in requests]
     answers: list[Answer | None] = [None] * len(routed)
     group: list[tuple[int, str, Presented]] = []
 
