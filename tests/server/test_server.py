@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
@@ -258,6 +259,11 @@ def test_stop_lets_a_request_in_flight_finish(serve: Callable[..., Served]) -> N
         idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # accepted, now idle
         connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # not finished yet
+        # Stop once the server holds the half request (before, it is still the kernel's).
+        deadline = time.monotonic() + 10
+        while not any(c.parser.buffer for c in running.server.connections()):
+            assert time.monotonic() < deadline, "the half request never arrived"
+            time.sleep(0.01)
         stopper = threading.Thread(target=running.server.stop)
         stopper.start()
         connection.sendall(b"\r\n")
