@@ -123,8 +123,23 @@ def error_answer(status: HTTPStatus, detail: str, headers: dict[str, str] | None
     return json_answer(status, {"status_code": int(status), "detail": detail}, headers)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, refused (400) if a key repeats: with the last one winning, a
+    proxy that reads the first would judge another body than ours."""
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = views.literal(key[:64])
+                raise HttpError(HTTPStatus.BAD_REQUEST, f"body repeats the key {shown!r}")
+            seen.add(key)
+    return members
+
+
 def parse_json_body(body: bytes) -> Any:
-    """The JSON value of a body, refused (400) if malformed or nested too deep."""
+    """The JSON value of a body, refused (400) if malformed, nested too deep, or if any
+    object in it, at any depth, repeats a key."""
     depth = deepest = 0
     in_string = escaped = False
     for byte in body:
@@ -147,7 +162,7 @@ def parse_json_body(body: bytes) -> Any:
         elif byte in (0x5D, 0x7D):
             depth -= 1
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_unique_keys)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise HttpError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
 
