@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokencli.http.api import parse_json_body
+from tokencli.http.bodies import parse_json_body
 from tokencli.http.http11 import HttpError
 
 from support import ADMIN_KEY, Served

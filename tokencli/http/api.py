@@ -35,6 +35,8 @@ from tokencli.domain.model import (
 )
 from tokencli.domain.rules import expiry_horizon, validate_positive, validate_scopes
 from tokencli.http import openapi
+from tokencli.http.bodies import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # re-exported
+from tokencli.http.bodies import parse_json_body
 from tokencli.http.http11 import HttpError, Request
 from tokencli.http.metrics import Counters
 from tokencli.service import views
@@ -44,9 +46,6 @@ from tokencli.service.service import TokenService
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# JSON bodies nest at most this deep: json.loads recurses, and 20,000 nested brackets
-# would otherwise end in RecursionError.
-MAX_JSON_DEPTH = 32
 _STATE_NAMES = {state.value: state for state in STORED_STATES}
 
 
@@ -121,50 +120,6 @@ def json_answer(status: HTTPStatus, payload: Any, headers: dict[str, str] | None
 def error_answer(status: HTTPStatus, detail: str, headers: dict[str, str] | None = None) -> Answer:
     """The JSON error every failure gets: {"status_code": N, "detail": "..."}."""
     return json_answer(status, {"status_code": int(status), "detail": detail}, headers)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object's members, refused (400) if a key repeats: with the last one winning, a
-    proxy that reads the first would judge another body than ours."""
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                shown = views.literal(key[:64])
-                raise HttpError(HTTPStatus.BAD_REQUEST, f"body repeats the key {shown!r}")
-            seen.add(key)
-    return members
-
-
-def parse_json_body(body: bytes) -> Any:
-    """The JSON value of a body, refused (400) if malformed, nested too deep, or if any
-    object in it, at any depth, repeats a key."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                raise HttpError(
-                    HTTPStatus.BAD_REQUEST, f"body nests deeper than {MAX_JSON_DEPTH} levels"
-                )
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    try:
-        return json.loads(body, object_pairs_hook=_unique_keys)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise HttpError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
 
 
 def _json_object(body: bytes, allowed: set[str]) -> dict[str, Any]:
@@ -504,23 +459,32 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+class WrongMethod(HttpError):
+    """405 for a path that a route answers with other methods; `template` is that route's,
+    so metrics count the request against the route, not as `unmatched`."""
+
+    def __init__(self, template: str, detail: str, allow: str) -> None:
+        super().__init__(HTTPStatus.METHOD_NOT_ALLOWED, detail, {"Allow": allow})
+        self.template = template
+
+
 def find_route(request: Request) -> tuple[Route, dict[str, str]]:
     """The route answering this method and path; 404 or 405 (with Allow) otherwise."""
     path = request.path
-    allowed: list[str] = []
+    allowed: list[Route] = []
     for route in ROUTES:
         match = route.pattern.fullmatch(path)
         if match is None:
             continue
         if route.method == request.method:
             return route, match.groupdict()
-        allowed.append(route.method)
+        allowed.append(route)
     if allowed:
-        methods = ", ".join(dict.fromkeys(allowed))
-        raise HttpError(
-            HTTPStatus.METHOD_NOT_ALLOWED,
+        methods = ", ".join(dict.fromkeys(route.method for route in allowed))
+        raise WrongMethod(
+            allowed[0].template,
             f"{views.literal(request.method[:16])} is not allowed here; use {methods}",
-            {"Allow": methods},
+            methods,
         )
     raise HttpError(HTTPStatus.NOT_FOUND, "no such endpoint; see /openapi.json")
 
@@ -605,6 +569,8 @@ def answer_batch(
             call = Call(service, request, params, config)  # type: ignore[arg-type]
             answers[index] = _handle(route, call).with_route(template)
         except Exception as error:
+            if isinstance(error, WrongMethod):
+                template = error.template
             answers[index] = _failure(error, template, config)
     judge_group()
     # Every request has its answer, in its place: the server pairs them by position.
