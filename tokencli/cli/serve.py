@@ -58,6 +58,14 @@ def serve(
             "Default: what the open-file limit allows.",
         ),
     ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="CIDR",
+            help="A reverse proxy (address or network) whose X-Forwarded-For or Forwarded "
+            "header names the client in the access log; repeatable. Others' are ignored.",
+        ),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -78,10 +86,12 @@ def serve(
     Examples:
       tokencli serve
       tokencli serve --port 0 --access-log json
+      tokencli serve --trusted-proxy 127.0.0.1 --trusted-proxy 10.0.0.0/8
       tokencli serve --host 0.0.0.0 --admin-key-file /etc/tokencli/admin.key \\
           --tls-cert cert.pem --tls-key key.pem
       curl -X POST http://127.0.0.1:8000/app/token -H 'Content-Type: application/json'
     """
+    from tokencli.http.forwarded import parse_networks
     from tokencli.http.keys import KeySource, key_file_is_shared, load_keys
     from tokencli.server import serving
     from tokencli.server.config import (
@@ -119,6 +129,10 @@ def serve(
                 f"serving plain HTTP on {host}: keys and tokens cross the network in "
                 "cleartext unless a proxy in front terminates TLS (--tls-cert/--tls-key)"
             )
+        try:
+            trusted_proxies = parse_networks(trusted_proxy or ())
+        except ValueError as error:
+            raise InvalidRequestError(str(error)) from None
         budget = descriptor_budget()
         limits = Limits(max_connections=min(max_connections or budget, budget))
         config = ServerConfig(
@@ -130,6 +144,7 @@ def serve(
             access_log=None if quiet or access_log == "off" else sys.stderr,
             access_log_format="text" if access_log == "off" else access_log,
             metrics=metrics,
+            trusted_proxies=trusted_proxies,
         )
         code = serving.run(location_of(ctx), config, keys, source)
     raise typer.Exit(code)

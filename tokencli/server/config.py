@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple, TextIO
 if TYPE_CHECKING:
     import ssl
 
+    from tokencli.http.forwarded import Networks
+
 # Descriptors kept back from the connection cap: the listener, the wake pair, the
 # selector, log streams, and each thread's database files (file, -wal, -shm).
 DESCRIPTOR_RESERVE = 64
@@ -57,6 +59,8 @@ class ServerConfig(NamedTuple):
     access_log: TextIO | None = None
     access_log_format: str = "text"
     metrics: bool = True
+    # Peers whose X-Forwarded-For / Forwarded name the client (--trusted-proxy).
+    trusted_proxies: Networks = ()
 
     @property
     def scheme(self) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from tokencli.http import http11
 from tokencli.http.api import Answer, ApiConfig
+from tokencli.http.forwarded import client_address
 from tokencli.http.metrics import Counters
 from tokencli.server.accesslog import AccessLog, Entry, RequestIds
 from tokencli.server.config import ServerConfig
@@ -333,7 +334,13 @@ class TokenHTTPServer:
                 extra=f"X-Request-Id: {request_id}\r\n",
             )
             self._log(
-                connection, request.method, request.target, int(answer.status), request_id, answer
+                connection,
+                request.method,
+                request.target,
+                int(answer.status),
+                request_id,
+                answer,
+                request.headers,
             )
             connection.close_after = close
             connection.queue(data, send=False)
@@ -358,6 +365,7 @@ class TokenHTTPServer:
         status: int,
         request_id: str | None,
         answer: Answer | None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         started = connection.request_perf
         seconds = time.perf_counter() - started if started else 0.0
@@ -368,6 +376,9 @@ class TokenHTTPServer:
             counters.count_request(route, label, status, seconds)
         if self.access_log is not None:
             verdict = answer.verdict if answer is not None else None
+            client = connection.peer
+            if headers is not None and self.config.trusted_proxies:
+                client = client_address(client, headers, self.config.trusted_proxies)
             self.access_log.add(
-                Entry(connection.peer, method, target, status, seconds * 1000, request_id, verdict)
+                Entry(client, method, target, status, seconds * 1000, request_id, verdict)
             )
