@@ -34,7 +34,7 @@ from tokencli.domain.model import (
     TokenState,
 )
 from tokencli.domain.rules import expiry_horizon, validate_positive, validate_scopes
-from tokencli.http import openapi
+from tokencli.http import openapi, viewers
 from tokencli.http.bodies import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # re-exported
 from tokencli.http.bodies import parse_json_body
 from tokencli.http.http11 import HttpError, Request
@@ -75,7 +75,7 @@ class Keys(NamedTuple):
 class ApiConfig:
     """What the application needs beside a request; `keys` is swapped whole on reload."""
 
-    __slots__ = ("keys", "counters", "metrics_page", "report")
+    __slots__ = ("keys", "counters", "metrics_page", "report", "asset_budget")
 
     def __init__(
         self,
@@ -84,11 +84,13 @@ class ApiConfig:
         counters: Counters | None = None,
         metrics_page: Callable[[], bytes] | None = None,
         report: Callable[[str], None] = lambda message: None,
+        asset_budget: viewers.AssetBudget | None = None,
     ) -> None:
         self.keys = keys if keys is not None else Keys()
         self.counters = counters
         self.metrics_page = metrics_page
         self.report = report
+        self.asset_budget = asset_budget if asset_budget is not None else viewers.AssetBudget()
 
 
 class Call(NamedTuple):
@@ -401,11 +403,20 @@ def _openapi(call: Call) -> Answer:
 
 
 def _docs(call: Call) -> Answer:
-    return Answer(HTTPStatus.OK, openapi.SWAGGER_PAGE.encode(), HTML)
+    policy = {"Content-Security-Policy": viewers.DOCS_POLICY, **viewers.PAGE_HEADERS}
+    return Answer(HTTPStatus.OK, viewers.SWAGGER_PAGE.encode(), HTML, policy)
 
 
 def _redoc(call: Call) -> Answer:
-    return Answer(HTTPStatus.OK, openapi.REDOC_PAGE.encode(), HTML)
+    policy = {"Content-Security-Policy": viewers.REDOC_POLICY, **viewers.PAGE_HEADERS}
+    return Answer(HTTPStatus.OK, viewers.REDOC_PAGE.encode(), HTML, policy)
+
+
+def _asset(call: Call) -> Answer:
+    asset = viewers.ASSETS_BY_PATH[call.request.path]
+    accepted = call.request.headers.get("accept-encoding")
+    body, headers = viewers.asset_body(asset, accepted, call.config.asset_budget)
+    return Answer(HTTPStatus.OK, body, asset.content_type, headers)
 
 
 def _route(method: str, template: str, regex: str, handler: Any, **options: Any) -> Route:
@@ -456,6 +467,7 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", "/openapi.json", r"/openapi\.json", _openapi),
     _route("GET", "/docs", r"/docs", _docs),
     _route("GET", "/redoc", r"/redoc", _redoc),
+    *(_route("GET", asset.path, re.escape(asset.path), _asset) for asset in viewers.ASSETS),
 )
 
 
