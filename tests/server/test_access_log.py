@@ -3,9 +3,12 @@ a secret, whatever path a client sends (Hypothesis)."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import socket
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 from urllib.parse import quote
 
 import pytest
@@ -13,9 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokencli.domain import tokens
-from tokencli.server.accesslog import MAX_REQUEST_ID, redact_target
+from tokencli.domain.model import TokenState
+from tokencli.server.accesslog import (
+    MAX_REQUEST_ID,
+    AccessLog,
+    Entry,
+    redact_target,
+    redacted_target,
+)
+from tokencli.service.views import literal
 
-from support import Served, needs_executable, serve_process, start_server
+from support import Served, needs_executable, raw_exchange, serve_process, start_server
 
 JSON_KEYS = ["time", "client", "method", "path", "status", "duration_ms", "request_id", "verdict"]
 
@@ -138,3 +149,154 @@ def test_access_log_json_from_the_command_line() -> None:
         _, rest = process.communicate(timeout=30)
     entries = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
     assert [entry["path"] for entry in entries] == ["/health"]
+
+
+# -- the text line, parsed back (a reader of the log written from its documented format) ---
+
+_TEXT_LINE = re.compile(
+    r'(?P<client>[^ ]+) "(?P<request>(?:[^"\\]|\\.)*)" (?P<status>[0-9]{3})'
+    r" (?P<ms>[0-9]+\.[0-9])ms(?: (?P<verdict>[^ =]+))?(?: id=(?P<id>[^ ]+))?"
+)
+_HEX_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+class TextFields(NamedTuple):
+    client: str
+    method: str | None
+    target: str | None
+    status: int
+    verdict: str | None
+    request_id: str | None
+
+
+def unescape(text: str, *, quoted: bool) -> str:
+    """A field's value from its escaped form; AssertionError if it is not well formed."""
+    if not quoted and text == "-":
+        return ""
+    out, index = [], 0
+    while index < len(text):
+        character = text[index]
+        assert character != '"', f"unescaped quote in {text!r}"
+        assert quoted or character != " ", f"unescaped space in {text!r}"
+        if character != "\\":
+            out.append(character)
+            index += 1
+            continue
+        kind = text[index + 1]
+        if kind in '"\\':
+            out.append(kind)
+            index += 2
+            continue
+        width = _HEX_DIGITS[kind]
+        digits = text[index + 2 : index + 2 + width]
+        assert re.fullmatch(f"[0-9a-f]{{{width}}}", digits), f"bad escape in {text!r}"
+        out.append(chr(int(digits, 16)))
+        index += 2 + width
+    return "".join(out)
+
+
+def parse_text_line(line: str) -> TextFields:
+    """The fields of one text access-log line."""
+    match = _TEXT_LINE.fullmatch(line)
+    assert match is not None, f"not a log line: {line!r}"
+    request = match["request"]
+    method = target = None
+    if request != "-":
+        escaped_method, space, escaped_target = request.partition(" ")
+        assert space, f"no space in the request of {line!r}"
+        method = unescape(escaped_method, quoted=False)
+        target = unescape(escaped_target, quoted=True)
+    return TextFields(
+        unescape(match["client"], quoted=False),
+        method,
+        target,
+        int(match["status"]),
+        match["verdict"],
+        None if match["id"] is None else unescape(match["id"], quoted=False),
+    )
+
+
+def logged_lines(entry: Entry, log_format: str) -> list[str]:
+    stream = io.StringIO()
+    log = AccessLog(stream, log_format)
+    log.add(entry)
+    log.flush()
+    return stream.getvalue().splitlines()
+
+
+# Raw request targets as they arrive: printable text with percent-escapes of anything.
+RAW_TARGETS = st.lists(
+    st.one_of(
+        st.text(max_size=12),
+        st.text(max_size=6).map(lambda text: quote(text, safe="")),
+        st.sampled_from(['"', "%22", "%0a", "%0d%0a", "%5c", "\\", " ", "%20", "%e2%80%ae"]),
+    ),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    client=st.text(max_size=40),
+    method=st.text(max_size=20),
+    target=RAW_TARGETS,
+    status=st.integers(100, 599),
+    duration=st.floats(0, 1e6),
+    verdict=st.none() | st.sampled_from([state.value for state in TokenState]),
+    request_id=st.none() | st.text(max_size=40),
+    framed=st.booleans(),
+)
+def test_every_text_line_parses_back_into_the_fields_logged(
+    client: str,
+    method: str,
+    target: str,
+    status: int,
+    duration: float,
+    verdict: str | None,
+    request_id: str | None,
+    framed: bool,
+) -> None:
+    entry = Entry(
+        client,
+        method if framed else None,
+        target if framed else None,
+        status,
+        duration,
+        request_id,
+        verdict,
+    )
+    [line] = logged_lines(entry, "text")  # one line, whatever the fields hold
+    assert line.isprintable()
+    fields = parse_text_line(line)
+    assert fields == TextFields(
+        client,
+        method[:16] if framed else None,
+        redacted_target(target) if framed else None,
+        status,
+        verdict,
+        request_id,
+    )
+    # The JSON line holds the same fields (there shown through `literal`).
+    [json_line] = logged_lines(entry, "json")
+    record = json.loads(json_line)
+    assert record["path"] == (None if fields.target is None else literal(fields.target))
+    assert (record["client"], record["status"], record["request_id"]) == (
+        client,
+        status,
+        request_id,
+    )
+
+
+def test_a_quote_in_a_target_cannot_forge_a_status_or_an_id(serve: Callable[..., Served]) -> None:
+    """Issue 18 item 10: `%22` decoded to a raw quote let a 404 read as `200 ... valid`."""
+    served = serve()
+    forged = "/nothing%22%20200%201.0ms%20valid%20id=forged%0a127.0.0.1%20%22GET%20/x%22%20200"
+    answer = raw_exchange(served.port, f"GET {forged} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 404")
+    [line] = lines(served)
+    fields = parse_text_line(line)
+    assert (fields.status, fields.verdict, fields.method) == (404, None, "GET")
+    assert fields.request_id is not None and fields.request_id != "forged"
+    assert fields.target == redacted_target(forged)
+    assert fields.target.startswith('/nothing" 200 1.0ms valid id=forged\n')
+    assert '\\" 200 1.0ms valid id=forged\\x0a' in line

@@ -4,7 +4,10 @@ at start, SIGHUP swaps keys without dropping a connection, and a failed loop exi
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,7 @@ from tokencli.http.keys import KeySource, load_keys
 from tokencli.server import serving
 from tokencli.server.server import TokenHTTPServer
 
-from support import ADMIN_KEY, VALIDATE_KEY, Served, needs_executable, serve_process
+from support import ADMIN_KEY, VALIDATE_KEY, Served, needs_executable, serve_process, tokencli
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -172,3 +175,87 @@ def test_a_failed_event_loop_exits_non_zero(
     code = serving.run(server)
     assert code == 1
     assert "the event loop failed: RuntimeError" in capsys.readouterr().err
+
+
+def _stderr_lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The process's stderr, line by line, read on a thread so a test can wait on a line
+    with a bound instead of blocking on a pipe that may never speak. The thread closes
+    the pipe when the process has gone."""
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stderr is not None
+    stream = process.stderr
+
+    def pump() -> None:
+        with stream:
+            for line in stream:
+                lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _next_line_with(lines: queue.Queue[str], fragment: str) -> str:
+    while True:
+        line = lines.get(timeout=30)  # generous: a bound on a hang, not a timing
+        if fragment in line:
+            return line
+
+
+@needs_executable
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "too long"])
+def test_sighup_with_a_key_file_that_is_not_a_regular_file_keeps_serving(
+    tmp_path: Path, kind: str
+) -> None:
+    """Issue 18 item 11: a FIFO in place of the key file wedged the main thread on SIGHUP
+    (still up 20 s after SIGTERM). Now it is refused at once, the old key stays, and a
+    later SIGHUP with a good file works."""
+    key_file = tmp_path / "admin.key"
+    key_file.write_text("old-admin-key\n")
+    os.chmod(key_file, 0o600)
+    with serve_process("--admin-key-file", str(key_file)) as (process, client):
+        lines = _stderr_lines(process)
+        key_file.unlink()
+        if kind == "fifo":
+            os.mkfifo(key_file, 0o600)  # no writer will ever come
+        elif kind == "directory":
+            key_file.mkdir()
+        elif kind == "device":
+            key_file.symlink_to("/dev/zero")  # followed: what it names must be a file
+        else:
+            key_file.write_text("k" * 5000)
+        process.send_signal(signal.SIGHUP)
+        refused = _next_line_with(lines, "keys not reloaded")
+        assert str(key_file) in refused and "old ones stay" in refused
+        bearer_old = bearer("old-admin-key")
+        assert client.request("POST", "/app/token", headers=bearer_old)[0] == 200
+        assert client.request("GET", "/health")[0] == 200
+        # The main thread is free: the next SIGHUP with a good file is taken.
+        if kind == "directory":
+            key_file.rmdir()
+        else:
+            key_file.unlink()
+        key_file.write_text("new-admin-key\n")
+        process.send_signal(signal.SIGHUP)
+        _next_line_with(lines, "keys reloaded")
+        assert client.request("POST", "/app/token", headers=bearer("new-admin-key"))[0] == 200
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+
+
+@needs_executable
+def test_a_fifo_as_key_file_is_refused_at_start(tmp_path: Path) -> None:
+    fifo = tmp_path / "admin.key"
+    os.mkfifo(fifo, 0o600)
+    result = tokencli("serve", "--port", "0", "--admin-key-file", str(fifo), timeout=60)
+    assert result.returncode == 2
+    assert f"admin key file {fifo} is not a regular file" in result.stderr
+
+
+def test_a_symlinked_key_file_is_followed(tmp_path: Path) -> None:
+    """Key files in /etc are often links into a secrets mount; the link is followed."""
+    secrets = tmp_path / "secrets" / "..data"
+    secrets.mkdir(parents=True)
+    (secrets / "admin.key").write_text("mounted-key\n")
+    link = tmp_path / "admin.key"
+    link.symlink_to(secrets / "admin.key")
+    assert load_keys(KeySource(admin_file=link), {}).admin == "mounted-key"

@@ -3,12 +3,14 @@ counts move with the requests sent; never a token ID or secret in a label."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import ADMIN_KEY, Served
+from support import ADMIN_KEY, Served, component
 
 
 def scrape(served: Served, headers: dict[str, str] | None = None) -> dict[str, list[Any]]:
@@ -94,3 +96,43 @@ def test_metrics_can_be_turned_off(serve: Callable[..., Served]) -> None:
     served = serve(metrics=False)
     status, _, payload = served.request("GET", "/metrics")
     assert status == 404 and "off" in payload["detail"]
+
+
+def test_a_known_route_asked_with_another_method_is_counted_as_that_route(
+    serve: Callable[..., Served],
+) -> None:
+    """Issue 19 item 4: a 405 was counted as route="unmatched"; the path is a route's."""
+    served = serve()
+    assert served.request("PUT", "/app/token")[0] == 405
+    assert served.request("PATCH", "/app/tokens/abcdefgh2345")[0] == 405
+    assert served.request("BREW", "/health")[0] == 405
+    assert served.request("PUT", "/nowhere")[0] == 404
+    requests = scrape(served)["tokencli_http_requests"]
+    assert value(requests, route="/app/token", method="PUT", status="405") == 1
+    assert value(requests, route="/app/tokens/{id}", method="PATCH", status="405") == 1
+    assert value(requests, route="/health", method="other", status="405") == 1
+    assert value(requests, route="unmatched", method="PUT", status="404") == 1
+    assert value(requests, route="unmatched", status="405") == 0
+
+
+@pytest.mark.interop
+def test_promtool_accepts_the_metrics_page(serve: Callable[..., Served]) -> None:
+    """`promtool check metrics` (the real one) finds no problem and no lint, after
+    requests of every kind have put samples in every family."""
+    promtool = component("promtool", package="prometheus")
+    served = serve(admin_key=ADMIN_KEY)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    token = served.request("POST", "/app/token", headers=admin)[2]["token"]
+    served.request("GET", f"/app/valid/{token}")
+    served.request("POST", "/app/valid", body='{"token": "nonsense"}')
+    served.request("POST", "/app/token")  # 401
+    served.request("POST", "/app/token", body="{", headers=admin)  # 400
+    served.request("DELETE", "/app/clear/all/tokens", headers=admin)
+    served.request("PUT", "/app/token")  # 405
+    served.request("BREW", "/nowhere")  # 404, method "other"
+    page = served.request("GET", "/metrics", headers=admin)[2]
+    assert b'route="/app/token"' in page and b"tokencli_store_wal_bytes" in page
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=page, capture_output=True, timeout=60
+    )
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b"")

@@ -3,8 +3,10 @@ loop, TLS 1.2 at least, and clear usage errors for bad files."""
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,17 +16,17 @@ import trustme
 from typer.testing import CliRunner
 
 from tokencli.cli.app import app
-from tokencli.server.config import Limits, tls_context
+from tokencli.server.config import TLS12_CIPHERS, Limits, tls_context
 
-from support import Served, needs_executable, serve_process
+from support import Served, component, needs_executable, serve_process
 
 
 class Certificates:
     """A throwaway CA, a server certificate for localhost and 127.0.0.1, and their files."""
 
-    def __init__(self, folder: Path) -> None:
-        self.ca = trustme.CA()
-        issued = self.ca.issue_cert("localhost", "127.0.0.1")
+    def __init__(self, folder: Path, key_type: trustme.KeyType = trustme.KeyType.ECDSA) -> None:
+        self.ca = trustme.CA(key_type=key_type)
+        issued = self.ca.issue_cert("localhost", "127.0.0.1", key_type=key_type)
         self.cert_file = folder / "cert.pem"
         self.key_file = folder / "key.pem"
         issued.cert_chain_pems[0].write_to_path(str(self.cert_file))
@@ -238,3 +240,136 @@ def test_at_the_handshake_cap_stalled_handshakes_make_way(
     finally:
         for client in stalled:
             client.close()
+
+
+# -- what graders see: AEAD suites only for TLS 1.2, ALPN http/1.1 (issue 19 item 4) -------
+
+KEY_TYPES = {"rsa": trustme.KeyType.RSA, "ecdsa": trustme.KeyType.ECDSA}
+
+
+def tls12_suites(openssl: str, authentication: str) -> dict[str, bool]:
+    """Every suite this OpenSSL can offer in TLS 1.2 for a certificate of this kind
+    (RSA, ECDSA), by name, and whether it is an AEAD suite (False: CBC or another MAC)."""
+    listing = subprocess.run(
+        [openssl, "ciphers", "-v", "ALL:COMPLEMENTOFALL:@SECLEVEL=0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    suites = {}
+    for line in listing.splitlines():
+        name, protocol, *fields = line.split()
+        columns = dict(field.split("=", 1) for field in fields if "=" in field)
+        if protocol == "TLSv1.3" or columns["Au"] != authentication:
+            continue
+        if columns["Enc"] == "None":
+            continue  # no encryption at all: never offered by any profile worth testing
+        suites[name] = columns["Mac"] == "AEAD"
+    return suites
+
+
+def handshake(openssl: str, port: int, *options: str) -> str:
+    """`openssl s_client` against the server; its output (stdout) if the handshake
+    completed, "" if it was refused."""
+    result = subprocess.run(
+        [
+            openssl,
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-servername",
+            "localhost",
+            *options,
+        ],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+    )
+    output = result.stdout.decode(errors="replace")
+    completed = result.returncode == 0 and re.search(r"Cipher is (?!\(NONE\))", output)
+    return output if completed else ""
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("kind", sorted(KEY_TYPES))
+def test_tls_1_2_accepts_aead_suites_only(
+    serve: Callable[..., Served], tmp_path: Path, kind: str
+) -> None:
+    """Every TLS 1.2 suite OpenSSL knows for this certificate, tried one at a time:
+    each CBC (non-AEAD) suite is refused, and what is accepted is the AEAD allowlist."""
+    openssl = component("openssl", package="openssl")
+    certificates = Certificates(tmp_path, KEY_TYPES[kind])
+    served = serve(
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
+        tls_trust=certificates.client,
+    )
+    suites = tls12_suites(openssl, "RSA" if kind == "rsa" else "ECDSA")
+    accepted = {
+        suite
+        for suite in suites
+        if handshake(openssl, served.port, "-tls1_2", "-cipher", f"{suite}@SECLEVEL=0")
+    }
+    cbc = {suite for suite, aead in suites.items() if not aead}
+    assert f"ECDHE-{kind.upper()}-AES128-SHA256" in cbc  # the suite testssl.sh flagged
+    assert accepted & cbc == set()
+    allowed = {suite for suite in TLS12_CIPHERS.split(":") if kind.upper() in suite}
+    assert accepted == allowed  # ECDHE with AES-GCM or CHACHA20-POLY1305, all three
+    assert served.request("GET", "/health")[0] == 200
+
+
+@pytest.mark.interop
+def test_alpn_announces_http_1_1(serve: Callable[..., Served], certificates: Certificates) -> None:
+    openssl = component("openssl", package="openssl")
+    served = serve(
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
+        tls_trust=certificates.client,
+    )
+    for version in ("-tls1_2", "-tls1_3"):
+        output = handshake(openssl, served.port, version, "-alpn", "h2,http/1.1")
+        assert "ALPN protocol: http/1.1" in output, version
+    # A client offering only h2 is not cut off: no ALPN agreed, the handshake completes.
+    assert "No ALPN negotiated" in handshake(openssl, served.port, "-alpn", "h2")
+    context = ssl.create_default_context()
+    certificates.ca.configure_trust(context)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert tls.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("kind", sorted(KEY_TYPES))
+def test_sslscan_lists_no_cbc_suite(
+    serve: Callable[..., Served], tmp_path: Path, kind: str
+) -> None:
+    sslscan = component("sslscan", package="sslscan")
+    certificates = Certificates(tmp_path, KEY_TYPES[kind])
+    served = serve(
+        tls_cert=certificates.cert_file,
+        tls_key=certificates.key_file,
+        tls_trust=certificates.client,
+    )
+    result = subprocess.run(
+        [sslscan, "--no-colour", f"127.0.0.1:{served.port}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    offered = re.findall(
+        r"^(?:Preferred|Accepted)\s+(TLSv[0-9.]+)\s+\d+ bits\s+(\S+)", result.stdout, re.M
+    )
+    protocols = {protocol for protocol, _ in offered}
+    assert protocols == {"TLSv1.2", "TLSv1.3"}
+    tls12 = {suite for protocol, suite in offered if protocol == "TLSv1.2"}
+    assert tls12 == {suite for suite in TLS12_CIPHERS.split(":") if kind.upper() in suite}
+    assert all("GCM" in suite or "CHACHA20" in suite for _, suite in offered)
+    for old in ("SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"):
+        assert re.search(rf"^{re.escape(old)}\s+disabled", result.stdout, re.M), old

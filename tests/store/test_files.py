@@ -23,6 +23,8 @@ from tokencli.service.service import TokenService
 from tokencli.store.sqlite.queries import SQLiteStore
 
 from support import (
+    EXECUTABLE,
+    needs_executable,
     other_application_database,
     truncated_database,
 )
@@ -269,3 +271,57 @@ def test_a_dangling_symlink_is_a_missing_file_for_read_only_commands(
     assert issued.exit_code == 0
     assert stat.S_IMODE(target.stat().st_mode) == 0o600  # created at the target, private
     assert runner.invoke(app, ["--db", str(link), "check", issued.stdout.strip()]).exit_code == 0
+
+
+@needs_executable
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077], ids=["000", "022", "077"])
+def test_folders_made_for_a_database_are_0700_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
+    """Issue 18 item 12: under umask 000 the parents of a new database were made 0777."""
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    target = existing / "a" / "b" / "c" / "tokens.db"
+    assert EXECUTABLE is not None
+    result = subprocess.run(
+        [EXECUTABLE, "--db", str(target), "issue"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        umask=umask,
+    )
+    assert result.returncode == 0, result.stderr
+    for folder in (existing / "a", existing / "a" / "b", target.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o755  # not ours: left as it was
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("command", "where", "expected"),
+    [
+        (["issue"], "locked/new/tokens.db", "no write permission on folder {base}/locked"),
+        (["issue"], "locked/new/deeper/tokens.db", "no write permission on folder {base}/locked"),
+        (["issue"], "private/tokens.db", "no permission to enter folder {base}/private"),
+        (["list"], "private/tokens.db", "no permission to enter folder {base}/private"),
+        (["issue"], "private/inner/tokens.db", "no permission to enter folder {base}/private"),
+        (["list"], "private/missing/tokens.db", "no permission to enter folder {base}/private"),
+        (["check", "x" * 12], "private/tokens.db", "no permission to enter folder {base}/private"),
+    ],
+)
+def test_permission_errors_name_the_folder_that_refuses(
+    runner: CliRunner, shared_folder: Path, command: list[str], where: str, expected: str
+) -> None:
+    """Issue 19: `cannot use database at FILE: Permission denied` named the file; the
+    README promises the folder whose permission is missing."""
+    (shared_folder / "locked").mkdir(mode=0o555)
+    (shared_folder / "private").mkdir(mode=0o700)
+    (shared_folder / "private" / "inner").mkdir(mode=0o755)
+    (shared_folder / "private").chmod(0o600)  # no search (x) bit: nobody may enter it
+    target = shared_folder / where
+    code, _, err = invoke_unprivileged(runner, ["--db", str(target), *command])
+    assert code == ExitStatus.STORAGE
+    assert err.startswith("Error: " + expected.format(base=shared_folder)), err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not target.exists() and not (shared_folder / "locked" / "new").exists()

@@ -67,6 +67,14 @@ def serve(
             "Default: what the open-file limit allows.",
         ),
     ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="CIDR",
+            help="A reverse proxy (address or network) whose X-Forwarded-For or Forwarded "
+            "header names the client in the access log; repeatable. Others' are ignored.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the token API over HTTP(S): the original service's endpoints and more.
 
@@ -78,6 +86,7 @@ def serve(
     Examples:
       tokencli serve
       tokencli serve --port 0 --access-log json
+      tokencli serve --trusted-proxy 127.0.0.1 --trusted-proxy 10.0.0.0/8
       tokencli serve --host 0.0.0.0 --admin-key-file /etc/tokencli/admin.key \\
           --tls-cert cert.pem --tls-key key.pem
       curl -X POST http://127.0.0.1:8000/app/token -H 'Content-Type: application/json'
@@ -96,6 +105,7 @@ def serve(
         access_log=AccessLogFormat.OFF if quiet else access_log,
         metrics=metrics,
         max_connections=max_connections,
+        trusted_proxies=tuple(trusted_proxy or ()),
     )
     with exit_codes():
         server = serving.build_server(options, warn)

@@ -37,7 +37,9 @@ from tokencli.domain.model import (
     TokenState,
 )
 from tokencli.domain.rules import expiry_horizon, validate_positive, validate_scopes
-from tokencli.http import openapi
+from tokencli.http import openapi, viewers
+from tokencli.http.bodies import MAX_JSON_DEPTH as MAX_JSON_DEPTH  # re-exported
+from tokencli.http.bodies import parse_json_body
 from tokencli.http.http11 import HttpError, Request
 from tokencli.http.metrics import Counters
 from tokencli.service import views
@@ -47,9 +49,6 @@ from tokencli.service.service import TokenService
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# JSON bodies nest at most this deep: json.loads recurses, and 20,000 nested brackets
-# would otherwise end in RecursionError.
-MAX_JSON_DEPTH = 32
 _STATE_NAMES = {state.value: state for state in STORED_STATES}
 # What a 503 says: the reason (a host, a file, a user) goes to the server log only.
 UNAVAILABLE = "the database is unavailable; the server log has the reason"
@@ -82,7 +81,7 @@ class Keys(NamedTuple):
 class ApiConfig:
     """What the application needs beside a request; `keys` is swapped whole on reload."""
 
-    __slots__ = ("keys", "counters", "metrics_page", "report", "_down")
+    __slots__ = ("keys", "counters", "metrics_page", "report", "asset_budget", "_down")
 
     def __init__(
         self,
@@ -91,11 +90,13 @@ class ApiConfig:
         counters: Counters | None = None,
         metrics_page: Callable[[], bytes] | None = None,
         report: Callable[[str], None] = lambda message: None,
+        asset_budget: viewers.AssetBudget | None = None,
     ) -> None:
         self.keys = keys if keys is not None else Keys()
         self.counters = counters
         self.metrics_page = metrics_page
         self.report = report
+        self.asset_budget = asset_budget if asset_budget is not None else viewers.AssetBudget()
         self._down: str | None = None
 
     def storage_failed(self, reason: str) -> None:
@@ -155,35 +156,6 @@ def json_answer(status: HTTPStatus, payload: Any, headers: dict[str, str] | None
 def error_answer(status: HTTPStatus, detail: str, headers: dict[str, str] | None = None) -> Answer:
     """The JSON error every failure gets: {"status_code": N, "detail": "..."}."""
     return json_answer(status, {"status_code": int(status), "detail": detail}, headers)
-
-
-def parse_json_body(body: bytes) -> Any:
-    """The JSON value of a body, refused (400) if malformed or nested too deep."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                raise HttpError(
-                    HTTPStatus.BAD_REQUEST, f"body nests deeper than {MAX_JSON_DEPTH} levels"
-                )
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise HttpError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
 
 
 def _json_object(body: bytes, allowed: set[str]) -> dict[str, Any]:
@@ -465,11 +437,20 @@ def _openapi(call: Call) -> Answer:
 
 
 def _docs(call: Call) -> Answer:
-    return Answer(HTTPStatus.OK, openapi.SWAGGER_PAGE.encode(), HTML)
+    policy = {"Content-Security-Policy": viewers.DOCS_POLICY, **viewers.PAGE_HEADERS}
+    return Answer(HTTPStatus.OK, viewers.SWAGGER_PAGE.encode(), HTML, policy)
 
 
 def _redoc(call: Call) -> Answer:
-    return Answer(HTTPStatus.OK, openapi.REDOC_PAGE.encode(), HTML)
+    policy = {"Content-Security-Policy": viewers.REDOC_POLICY, **viewers.PAGE_HEADERS}
+    return Answer(HTTPStatus.OK, viewers.REDOC_PAGE.encode(), HTML, policy)
+
+
+def _asset(call: Call) -> Answer:
+    asset = viewers.ASSETS_BY_PATH[call.request.path]
+    accepted = call.request.headers.get("accept-encoding")
+    body, headers = viewers.asset_body(asset, accepted, call.config.asset_budget)
+    return Answer(HTTPStatus.OK, body, asset.content_type, headers)
 
 
 def _route(method: str, template: str, regex: str, handler: Any, **options: Any) -> Route:
@@ -527,6 +508,7 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", "/openapi.json", r"/openapi\.json", _openapi),
     _route("GET", "/docs", r"/docs", _docs),
     _route("GET", "/redoc", r"/redoc", _redoc),
+    *(_route("GET", asset.path, re.escape(asset.path), _asset) for asset in viewers.ASSETS),
 )
 
 
@@ -539,23 +521,32 @@ def route_request(request: Request) -> Routed:
     return request, route, params, None
 
 
+class WrongMethod(HttpError):
+    """405 for a path that a route answers with other methods; `template` is that route's,
+    so metrics count the request against the route, not as `unmatched`."""
+
+    def __init__(self, template: str, detail: str, allow: str) -> None:
+        super().__init__(HTTPStatus.METHOD_NOT_ALLOWED, detail, {"Allow": allow})
+        self.template = template
+
+
 def find_route(request: Request) -> tuple[Route, dict[str, str]]:
     """The route answering this method and path; 404 or 405 (with Allow) otherwise."""
     path = request.path
-    allowed: list[str] = []
+    allowed: list[Route] = []
     for route in ROUTES:
         match = route.pattern.fullmatch(path)
         if match is None:
             continue
         if route.method == request.method:
             return route, match.groupdict()
-        allowed.append(route.method)
+        allowed.append(route)
     if allowed:
-        methods = ", ".join(dict.fromkeys(allowed))
-        raise HttpError(
-            HTTPStatus.METHOD_NOT_ALLOWED,
+        methods = ", ".join(dict.fromkeys(route.method for route in allowed))
+        raise WrongMethod(
+            allowed[0].template,
             f"{views.literal(request.method[:16])} is not allowed here; use {methods}",
-            {"Allow": methods},
+            methods,
         )
     raise HttpError(HTTPStatus.NOT_FOUND, "no such endpoint; see /openapi.json")
 
@@ -647,6 +638,8 @@ def answer_batch(
             call = Call(service, request, params, config)  # type: ignore[arg-type]
             answers[index] = _handle(route, call).with_route(template)
         except Exception as failure:
+            if isinstance(failure, WrongMethod):
+                template = failure.template
             answers[index] = _failure(failure, template, config)
     judge_group()
     # Every request has its answer, in its place: the server pairs them by position.

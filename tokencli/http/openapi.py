@@ -1,4 +1,5 @@
-"""The OpenAPI 3 description of `tokencli serve`, and the /docs and /redoc pages.
+"""The OpenAPI 3 description of `tokencli serve` (the /docs and /redoc pages that show it
+are in viewers.py).
 
 Kept apart from server.py so the server module stays about HTTP handling. A test checks
 that this document and the server's route table name exactly the same routes.
@@ -6,6 +7,7 @@ that this document and the server's route table name exactly the same routes.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tokencli import __version__
@@ -19,6 +21,7 @@ from tokencli.domain.model import (
     STORED_STATES,
     TokenState,
 )
+from tokencli.http import viewers
 from tokencli.http.http11 import MAX_BODY_BYTES
 
 STATE_NAMES = tuple(state.value for state in STORED_STATES)
@@ -106,6 +109,22 @@ def _page(summary: str, operation_id: str) -> dict[str, Any]:
         "operationId": operation_id,
         "responses": {
             "200": {"description": "HTML page", "content": {"text/html": {"schema": {}}}}
+        },
+    }
+
+
+def _asset(asset: viewers.Asset) -> dict[str, Any]:
+    media_type = asset.content_type.split(";")[0]
+    name = asset.path.rsplit("/", 1)[1]
+    return {
+        "summary": f"{name}, a file the {asset.path.split('/')[1]} page loads",
+        "operationId": "asset_" + re.sub(r"[^a-z0-9]+", "_", name),
+        "responses": {
+            "200": {
+                "description": "Sent gzip-compressed when the client accepts gzip",
+                "content": {media_type: {"schema": {"type": "string"}}},
+            },
+            "503": _json(_ERROR_REF, "Too many of these files handed out just now; retry"),
         },
     }
 
@@ -246,6 +265,7 @@ def _paths() -> dict[str, Any]:
         },
         "/docs": {"get": _page("Swagger UI for this API", "docs")},
         "/redoc": {"get": _page("ReDoc for this API", "redoc")},
+        **{asset.path: {"get": _asset(asset)} for asset in viewers.ASSETS},
     }
 
 
@@ -409,21 +429,3 @@ def document() -> dict[str, Any]:
             "schemas": _schemas(),
         },
     }
-
-
-# The same pages FastAPI serves: the viewers load from a CDN in the reader's browser.
-SWAGGER_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>tokencli API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head><body><div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
-</body></html>
-"""
-
-REDOC_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>tokencli API</title></head><body>
-<redoc spec-url="/openapi.json"></redoc>
-<script src="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"></script>
-</body></html>
-"""

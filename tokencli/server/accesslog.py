@@ -1,5 +1,13 @@
 """The access log: one line per request, as text or JSON, and never a secret in it.
 
+A text line is `CLIENT "METHOD TARGET" STATUS DURATIONms [VERDICT] [id=REQUEST_ID]`.
+Every field a client can influence is escaped (`escape_field`): a backslash and a
+double quote get a backslash, anything that is not printable (controls, bidi marks,
+separators other than the space) is written \\xNN or \\uNNNN, and outside the quotes
+a space is \\x20 too (an empty value there is `-`, and a lone `-` is \\x2d). So a line
+always splits into the fields that were logged, and a target holding `%22` or `%0a`
+cannot forge a status, a verdict or another line.
+
 A request target is logged only after `redact_target`: percent-escapes are decoded
 first; whatever follows /app/valid/ is a presented token (only a token ID stays
 readable); then, anywhere in the path or query, anything after a colon (the SECRET of
@@ -19,6 +27,7 @@ from enum import StrEnum
 from typing import NamedTuple, TextIO
 from urllib.parse import unquote
 
+from tokencli.domain.model import BIDI_CONTROLS
 from tokencli.service.views import literal
 
 
@@ -37,10 +46,18 @@ _LONG_RUN = re.compile(r"[A-Za-z0-9_-]{20,}")
 _REQUEST_ID_JUNK = re.compile(r"[^A-Za-z0-9._~:/+=@-]")
 _VALID_PREFIX = "/app/valid/"
 _TOKEN_ID = re.compile(r"[a-z2-7]{12}")
+# Printable ASCII but the backslash and the quote: written as it is.
+_PLAIN_FIELD = re.compile(r"[ !#-\[\]-~]*")
 
 
 def redact_target(target: str) -> str:
-    """The request target as a log may show it: no secret, no escapes, at most 200 chars."""
+    """The request target as the JSON log shows it: no secret, no escapes, <= 200 chars."""
+    return literal(redacted_target(target))
+
+
+def redacted_target(target: str) -> str:
+    """The request target decoded, secrets replaced by ***, cut at 200 characters; still
+    raw text (what a line shows goes through `literal` or `escape_field`)."""
     shown = unquote(target, errors="replace")
     # Twice-escaped text (%253A) decodes to an escape again; decode until it settles.
     for _ in range(3):
@@ -60,7 +77,37 @@ def redact_target(target: str) -> str:
     shown = path + mark + query
     shown = _AFTER_COLON.sub(":***", shown)
     shown = _LONG_RUN.sub("***", shown)
-    return literal(shown[:MAX_LOGGED_TARGET])
+    return shown[:MAX_LOGGED_TARGET]
+
+
+def _escape_character(character: str) -> str:
+    code = ord(character)
+    if character == "\\" or character == '"':
+        return "\\" + character
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape_field(text: str, *, quoted: bool = False) -> str:
+    """A field as a text line shows it: backslash, quote and every non-printable or bidi
+    character escaped, and (outside quotes) spaces too, so no field can run into the next."""
+    if not quoted and (not text or text == "-"):
+        return "-" if not text else "\\x2d"  # "-" stands for empty, as in common log format
+    if _PLAIN_FIELD.fullmatch(text) and (quoted or " " not in text):
+        return text  # the usual case: nothing to escape
+    out = []
+    for character in text:
+        if (
+            character in '\\"'
+            or (character == " " and not quoted)
+            or not character.isprintable()
+            or character in BIDI_CONTROLS
+        ):
+            out.append(_escape_character(character))
+        else:
+            out.append(character)
+    return "".join(out)
 
 
 class RequestIds:
@@ -97,7 +144,7 @@ class AccessLog:
 
     def __init__(self, stream: TextIO, log_format: AccessLogFormat = AccessLogFormat.TEXT) -> None:
         self._stream = stream
-        self._json = log_format is AccessLogFormat.JSON
+        self._json = log_format == AccessLogFormat.JSON
         self._lines: list[str] = []
         self._lock = threading.Lock()
 
@@ -124,12 +171,14 @@ class AccessLog:
         if entry.method is None or entry.target is None:
             request = "-"
         else:
-            request = f"{literal(entry.method[:16])} {redact_target(entry.target)}"
-        line = f'{entry.client} "{request}" {entry.status} {entry.duration_ms:.1f}ms'
+            # The method is escaped as an unquoted field: the first space ends it.
+            method = escape_field(entry.method[:16])
+            request = f"{method} {escape_field(redacted_target(entry.target), quoted=True)}"
+        line = f'{escape_field(entry.client)} "{request}" {entry.status} {entry.duration_ms:.1f}ms'
         if entry.verdict is not None:
-            line += f" {entry.verdict}"
+            line += f" {escape_field(entry.verdict)}"
         if entry.request_id is not None:
-            line += f" id={entry.request_id}"
+            line += f" id={escape_field(entry.request_id)}"
         return line
 
     @staticmethod

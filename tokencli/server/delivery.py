@@ -11,6 +11,7 @@ import time
 
 from tokencli.http import http11
 from tokencli.http.api import Answer
+from tokencli.http.forwarded import Networks, client_address
 from tokencli.http.metrics import Counters
 from tokencli.server.accesslog import AccessLog, Entry, RequestIds
 from tokencli.server.connection import Connection
@@ -22,9 +23,15 @@ _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"
 class Delivery:
     """Frames answers for their connections, and counts and logs each request."""
 
-    def __init__(self, access_log: AccessLog | None, counters: Counters | None) -> None:
+    def __init__(
+        self,
+        access_log: AccessLog | None,
+        counters: Counters | None,
+        trusted_proxies: Networks = (),
+    ) -> None:
         self._access_log = access_log
         self._counters = counters
+        self._trusted_proxies = trusted_proxies
         self._request_ids = RequestIds()
 
     def deliver(self, job: Job, *, stopping: bool) -> None:
@@ -53,7 +60,13 @@ class Delivery:
                 )
             )
             self._log(
-                connection, request.method, request.target, int(answer.status), request_id, answer
+                connection,
+                request.method,
+                request.target,
+                int(answer.status),
+                request_id,
+                answer,
+                request.headers,
             )
             if close:
                 break
@@ -77,6 +90,7 @@ class Delivery:
         status: int,
         request_id: str | None,
         answer: Answer | None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         started = connection.request_perf
         seconds = time.perf_counter() - started if started else 0.0
@@ -87,6 +101,10 @@ class Delivery:
             counters.count_request(route, label, status, seconds)
         if self._access_log is not None:
             verdict = answer.verdict if answer is not None else None
+            client = connection.peer
+            if headers is not None and self._trusted_proxies:
+                # Only a trusted proxy's word is taken for who the client is.
+                client = client_address(client, headers, self._trusted_proxies)
             self._access_log.add(
-                Entry(connection.peer, method, target, status, seconds * 1000, request_id, verdict)
+                Entry(client, method, target, status, seconds * 1000, request_id, verdict)
             )

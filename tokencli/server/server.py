@@ -65,7 +65,7 @@ class TokenHTTPServer:
             if config.access_log is not None
             else None
         )
-        self.delivery = Delivery(access_log, counters)
+        self.delivery = Delivery(access_log, counters, config.trusted_proxies)
         self._clock = clock
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)

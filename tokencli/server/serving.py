@@ -22,6 +22,7 @@ from typing import NamedTuple, TextIO
 from tokencli.domain.errors import InvalidRequestError, TokencliError
 from tokencli.domain.location import Location
 from tokencli.http.api import ApiConfig, Keys
+from tokencli.http.forwarded import parse_networks
 from tokencli.http.keys import ADMIN_KEY_ENV, KeySource, key_file_is_shared, load_keys
 from tokencli.http.metrics import Counters, Exposition
 from tokencli.server.accesslog import AccessLogFormat
@@ -47,6 +48,7 @@ class ServeOptions(NamedTuple):
     log_stream: TextIO | None = None  # None: stderr
     metrics: bool = True
     max_connections: int | None = None
+    trusted_proxies: tuple[str, ...] = ()  # addresses or networks (--trusted-proxy)
     limits: Limits = Limits()
     clock: Callable[[], float] = time.time
 
@@ -86,6 +88,10 @@ def build_server(
             f"serving plain HTTP on {options.host}: keys and tokens cross the network in "
             "cleartext unless a proxy in front terminates TLS (--tls-cert/--tls-key)"
         )
+    try:
+        trusted_proxies = parse_networks(options.trusted_proxies)
+    except ValueError as error:
+        raise InvalidRequestError(str(error)) from None
     budget = descriptor_budget()
     wanted = options.max_connections or options.limits.max_connections or budget
     limits = options.limits._replace(max_connections=min(wanted, budget))
@@ -99,6 +105,7 @@ def build_server(
         access_log_format=options.access_log,
         metrics=options.metrics,
         key_source=source,
+        trusted_proxies=trusted_proxies,
     )
     backend = open_backend(options.location)
     counters = Counters()

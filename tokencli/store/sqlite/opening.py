@@ -33,16 +33,52 @@ BUSY_TIMEOUT_SECONDS = 10.0
 _REFUSING = "(refusing to touch it); pass --db to choose another file"
 
 
+def _exists(path: Path) -> bool:
+    """Whether something is at `path` (following links); False for what cannot be there."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _folder_problem(path: Path, *, write: bool) -> str | None:
+    """The folder on the way to `path` that refuses, named: one the user may not enter,
+    or (when writing) the last existing one, where missing folders or the file would be
+    made, if the user may not write there."""
+    deepest = None
+    for folder in reversed(path.absolute().parents):  # from the root down
+        try:
+            os.stat(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            break
+        except PermissionError:
+            break  # reported below, as the folder above it that may not be entered
+        if not os.access(folder, os.X_OK):
+            return f"no permission to enter folder {folder}"
+        deepest = folder
+    if not write or deepest is None or deepest == path.parent:
+        return None
+    if not os.access(deepest, os.W_OK | os.X_OK):
+        return f"no write permission on folder {deepest} (needed to create {path.parent})"
+    return None
+
+
 def permission_problem(path: Path, *, write: bool) -> str | None:
-    """A message naming the missing permission on the file or its folder, if one is missing."""
+    """A message naming the missing permission on the file or the folder that refuses,
+    if one is missing."""
+    problem = _folder_problem(path, write=write)
+    if problem is not None:
+        return problem
     folder = path.parent
-    if path.exists() and not os.access(path, os.R_OK):
+    exists = _exists(path)
+    if exists and not os.access(path, os.R_OK):
         return f"no read permission on {path}"
     if not write:
         return None
-    if path.exists() and not os.access(path, os.W_OK):
+    if exists and not os.access(path, os.W_OK):
         return f"no write permission on {path}"
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if _exists(folder) and not os.access(folder, os.W_OK | os.X_OK):
         # The -wal and -shm files live beside the database and are created on demand.
         return f"no write permission on folder {folder} (SQLite keeps its -wal file there)"
     return None
@@ -99,6 +135,10 @@ class StorageErrors:
                 "it was left as it is"
             )
         if isinstance(error, OSError):
+            if path is not None and isinstance(error, PermissionError):
+                problem = permission_problem(path, write=self._write)
+                if problem is not None:
+                    return NoPermissionError(problem)
             return StorageError(f"cannot use database at {where}: {error.strerror or error}")
         return None
 
@@ -198,11 +238,30 @@ def _refuse_newer(path: Path, version: int) -> None:
         )
 
 
+def make_private_folders(folder: Path) -> None:
+    """Create `folder` and any missing parents with mode 0700, whatever the umask (`mkdir
+    -p` and pathlib give parents the umask's mode: 0777 under umask 000). Folders that
+    exist already are left as they are."""
+    missing = []
+    while not _exists(folder):
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            os.mkdir(made, 0o700)
+        except FileExistsError:
+            continue  # another process made it first: its mode is its own
+        # The umask may have taken bits from 0700 (a umask of 0200 leaves 0500): set it.
+        os.chmod(made, 0o700)
+
+
 def create_database(path: Path) -> None:
     """Build a new database beside `path`, then link it into place in one step."""
     import tempfile  # only when creating: it drags in shutil and friends
 
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_folders(path.parent)
     # mkstemp creates the file with mode 0600, so tokens are never group-readable.
     handle, temporary_name = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".new", dir=path.parent
