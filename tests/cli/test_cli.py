@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tokencli import __version__
 from tokencli.cli.app import app
+from tokencli.domain import tokens
 from tokencli.domain.errors import ExitStatus
 from tokencli.domain.location import Location
 from tokencli.service.service import TokenService
@@ -146,7 +147,15 @@ def test_check_reads_stdin_when_dash_or_absent(runner: CliRunner) -> None:
         result = runner.invoke(app, args, input=token + "\n")
         assert (result.exit_code, result.stdout) == (0, "valid\n")
     empty = runner.invoke(app, ["check"], input="")
-    assert (empty.exit_code, empty.stdout) == (1, "malformed\n")
+    assert (empty.exit_code, empty.stdout) == (ExitStatus.USAGE, "")
+    assert empty.stderr == "Error: no token given: pass it as the argument, or on standard input\n"
+
+
+@pytest.mark.parametrize("given", ["", "   ", "\t\n"])
+def test_an_empty_token_argument_is_no_token_given(runner: CliRunner, given: str) -> None:
+    result = runner.invoke(app, ["check", given])
+    assert (result.exit_code, result.stdout) == (ExitStatus.USAGE, "")
+    assert "no token given" in result.stderr
 
 
 def test_check_skips_blank_lines_before_the_token_on_stdin(runner: CliRunner) -> None:
@@ -154,7 +163,8 @@ def test_check_skips_blank_lines_before_the_token_on_stdin(runner: CliRunner) ->
     result = runner.invoke(app, ["check"], input=f"\n  \n\t\r\n{token}\n")
     assert (result.exit_code, result.stdout) == (0, "valid\n")
     only_blank = runner.invoke(app, ["check"], input="\n\n\n")
-    assert (only_blank.exit_code, only_blank.stdout) == (1, "malformed\n")
+    assert (only_blank.exit_code, only_blank.stdout) == (ExitStatus.USAGE, "")
+    assert "no token given" in only_blank.stderr
 
 
 @pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u3000", "\u200b", "\ufeff"])
@@ -361,13 +371,32 @@ def test_db_option_beats_environment(
 
 def test_storage_errors_exit_3_with_one_line(runner: CliRunner, raw: RawDatabase) -> None:
     refusal = raw.make_foreign()  # a file, or a schema, holding someone else's data
-    for args in (["issue"], ["check", "x"], ["list"], ["purge"], ["revoke", "aaaaaaaaaaaa"]):
+    well_formed = tokens.generate().plaintext
+    for args in (
+        ["issue"],
+        ["check", well_formed],
+        ["list"],
+        ["purge"],
+        ["revoke", "aaaaaaaaaaaa"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == ExitStatus.STORAGE, args
         assert result.stderr.count("\n") == 1
         assert "Traceback" not in result.output
         assert refusal in result.stderr
         assert result.stdout == ""
+
+
+def test_a_malformed_token_is_malformed_whatever_the_database(
+    runner: CliRunner, raw: RawDatabase
+) -> None:
+    # Its shape decides, without a lookup: a database that cannot record the check
+    # changes nothing but the warning that the event was not recorded.
+    refusal = raw.make_foreign()
+    result = runner.invoke(app, ["check", "not-a-token"])
+    assert (result.exit_code, result.stdout) == (ExitStatus.NOT_VALID, "malformed\n")
+    assert result.stderr.startswith("Warning: the check was not recorded in the audit trail:")
+    assert refusal in result.stderr
 
 
 @pytest.mark.stores("sqlite", reason="a folder where the SQLite file should be")
