@@ -29,7 +29,6 @@ from tokencli.domain.errors import (
     InvalidRequestError,
     NoPermissionError,
     NotFoundError,
-    StorageError,
 )
 from tokencli.domain.model import (
     DEFAULT_TTL_SECONDS,
@@ -208,24 +207,22 @@ def check(
 def _check(ctx: typer.Context, text: str, required: tuple[str, ...]) -> CheckResult:
     """The verdict on `text`, its use and audit event recorded.
 
-    A malformed token is malformed whatever state the database is in (its shape decides,
-    without a lookup): when the database cannot record the check, the verdict stands and
-    a warning says the event was not recorded.
+    A malformed token is judged by its shape, without a lookup: on a database the user may
+    only read, it is still `malformed` (exit 1), with a warning that the check could not be
+    recorded. A database that is not usable at all (damaged, foreign) stays exit 3.
     """
     try:
         # A missing database reads as empty (unknown), and nothing is created.
         with checker(ctx) as checking:
             return checking.check(text, required)
-    except StorageError as failure:
+    except NoPermissionError as failure:
         if parse_presented(text) is None:
             warn(f"the check was not recorded in the audit trail: {failure}")
             return CheckResult(TokenState.MALFORMED)
-        if isinstance(failure, NoPermissionError):
-            raise NoPermissionError(
-                f"{failure}: a check records its use and an audit event; "
-                "`tokencli show` looks without writing"
-            ) from None
-        raise
+        raise NoPermissionError(
+            f"{failure}: a check records its use and an audit event; "
+            "`tokencli show` looks without writing"
+        ) from None
 
 
 @app.command()
