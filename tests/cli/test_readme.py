@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tokencli.service.views import iso_time
+from tokencli.domain.model import TokenFilter
+from tokencli.service.service import TokenService
+from tokencli.service.transfer import export_objects, import_lines
+from tokencli.service.views import encode_json, iso_time
 
 from support import EXECUTABLE, component, needs_executable
 
@@ -27,6 +30,7 @@ pytestmark = [pytest.mark.interop, needs_executable]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 EXAMPLE_IDS = ("3kq7d2mxa4bz", "7f2mq4zzk3ab")
+EVERY_TOKEN = TokenFilter(states=None)
 
 # (pattern in a block, why it is not run here); the first that matches decides.
 SKIPPED_BY_DESIGN = [
@@ -79,34 +83,21 @@ def commands(block: str) -> list[str]:
 
 
 def block_id(index: int, block: str) -> str:
-    words = re.sub(r"[^a-z0-9 -]", "", block.split("\n", 1)[0].lower()).split()
+    words = re.sub(r"[^a-z0-9-]+", " ", block.split("\n", 1)[0].lower()).split()
     return f"{index}-" + "-".join(words[:4])
 
 
 @pytest.fixture
-def reader_setup(tmp_path: Path, db_path: Path) -> dict[str, str]:
+def reader_setup(tmp_path: Path, on_file: TokenService) -> dict[str, str]:
     """What a reader who followed the README so far has: live tokens under the example
-    IDs, $TOKEN and $OLD, token.txt and backup.jsonl. The environment for the examples."""
+    IDs, $TOKEN and $OLD, token.txt and backup.jsonl. The environment for the examples.
+    (Made in this process, through the same service and import code: the examples are
+    what runs the installed tokencli.)"""
     assert EXECUTABLE is not None
     home = tmp_path / "home"
     work = tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    env = {
-        "HOME": str(home),
-        "PATH": f"{Path(EXECUTABLE).parent}:/usr/bin:/bin",
-        "TOKENCLI_DB": str(db_path),
-        "LANG": "C.UTF-8",
-        "WORK": str(work),
-    }
-
-    def run(*args: str, stdin: str | None = None) -> str:
-        done = subprocess.run(
-            [EXECUTABLE, *args], input=stdin, env=env, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, (args, done.stderr)
-        return done.stdout
-
     now = int(time.time())
     lines = [
         json.dumps(
@@ -125,12 +116,21 @@ def reader_setup(tmp_path: Path, db_path: Path) -> dict[str, str]:
         )
         for number, token_id in enumerate(EXAMPLE_IDS, start=1)
     ]
-    run("import", stdin="\n".join(lines) + "\n")
-    env["TOKEN"] = run("issue", "--ttl", "15m", "--label", "deploy", "--scope", "deploy").strip()
-    env["OLD"] = run("issue", "--ttl", "1d", "--label", "ci").strip()
-    (work / "token.txt").write_text(env["TOKEN"] + "\n")
-    (work / "backup.jsonl").write_text(run("export", "--audit"))
-    return env
+    import_lines(on_file, lines)
+    token = on_file.issue(ttl_seconds=900, label="deploy", scopes=["deploy"]).token
+    old = on_file.issue(ttl_seconds=86_400, label="ci").token
+    (work / "token.txt").write_text(token + "\n")
+    exported = export_objects(on_file, EVERY_TOKEN, audit=True)
+    (work / "backup.jsonl").write_text("".join(encode_json(line) + "\n" for line in exported))
+    return {
+        "HOME": str(home),
+        "PATH": f"{Path(EXECUTABLE).parent}:/usr/bin:/bin",
+        "TOKENCLI_DB": str(on_file.store.location),
+        "LANG": "C.UTF-8",
+        "WORK": str(work),
+        "TOKEN": token,
+        "OLD": old,
+    }
 
 
 @pytest.mark.parametrize(
