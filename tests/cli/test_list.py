@@ -456,7 +456,7 @@ def test_a_clock_stepped_back_lists_no_ended_token_as_live(
     assert every == {revoked: TokenState.REVOKED, used: TokenState.USED_UP}
     status, payload = get(service, "/app/tokens")
     assert (status, payload["tokens"]) == (200, [])
-    assert service.revoke_selected(EVERY_TOKEN, dry_run=True) == []
+    assert service.would_revoke((), EVERY_TOKEN) == ([], [])
 
 
 def test_stats_after_a_clock_stepped_back_counts_no_ended_token_as_live(
@@ -471,4 +471,4 @@ def test_revoke_all_after_a_clock_stepped_back_revokes_no_ended_token(
     service: TokenService, clock: Clock
 ) -> None:
     stepped_back(service, clock)
-    assert service.revoke_selected(EVERY_TOKEN._replace(states=None)) == []
+    assert service.revoke_many((), EVERY_TOKEN._replace(states=None)) == ([], [])

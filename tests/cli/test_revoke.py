@@ -229,17 +229,18 @@ def test_many_tokens_at_once(runner: CliRunner, on_file: TokenService, db_path: 
     assert sorted(revoke_events(db_path)) == sorted(ids)
 
 
-def test_service_revoke_selected_on_the_hand_clock(service: TokenService, clock: Clock) -> None:
+def test_service_revoke_by_selector_on_the_hand_clock(service: TokenService, clock: Clock) -> None:
     early = service.issue(ttl_seconds=60, label="x").info.id
     late = service.issue(ttl_seconds=3600, label="x").info.id
     clock.advance(60)  # `early` has just expired: not live, so not revoked
     selector = EVERY_TOKEN._replace(label="x")
-    assert service.revoke_selected(selector, dry_run=True) == [late]
-    assert service.revoke_selected(selector) == [late]
+    assert service.would_revoke((), selector) == ([late], [])
+    assert service.revoke_many((), selector, dry_run=True) == ([late], [])
+    assert service.revoke_many((), selector) == ([late], [])
     assert service.show(early).state is TokenState.EXPIRED
     record = service.store.get(late)
     assert record is not None and record.revoked_at == int(clock.now)
-    assert service.revoke_selected(selector) == []
+    assert service.revoke_many((), selector) == ([], [])
 
 
 # -- the question on a terminal ---------------------------------------------------------

@@ -24,9 +24,8 @@ def test_access_log_completes_its_choices(runner: CliRunner) -> None:
         [],
         prog_name="tokencli",
         env={
-            "_TOKENCLI_COMPLETE": "complete_bash",
-            "COMP_WORDS": "tokencli serve --access-log ",
-            "COMP_CWORD": "3",
+            "_TOKENCLI_COMPLETE": "complete_lines",
+            "_TOKENCLI_COMPLETE_LINE": "tokencli serve --access-log ",
         },
     )
     assert result.exit_code == 0

@@ -71,3 +71,16 @@ def test_stats_on_a_missing_database_creates_nothing(runner: CliRunner, raw: Raw
     assert (body["live"], body["database"], body["size_bytes"]) == (0, None, 0)
     assert runner.invoke(app, ["audit"]).exit_code == 0
     assert not raw.exists()
+
+
+def test_piped_stats_with_nothing_stored_shows_no_python_none(
+    runner: CliRunner, raw: RawDatabase
+) -> None:
+    result = runner.invoke(app, ["stats"])
+    assert result.exit_code == 0
+    lines = dict(line.split("\t") for line in result.stdout.splitlines())
+    assert (lines["next_expiry"], lines["oldest_event"]) == ("-", "-")
+    assert lines["database"] == "(none yet)"
+    assert "None" not in result.stdout
+    body = json.loads(runner.invoke(app, ["stats", "--json"]).stdout)
+    assert (body["next_expiry"], body["oldest_event"]) == (None, None)  # JSON keeps null

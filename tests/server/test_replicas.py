@@ -303,7 +303,7 @@ def test_a_replica_killed_under_load_loses_no_answered_use_and_no_issued_token(
         assert valid_answers[token_id] <= taken
     # Every token a client received exists, whole (its secret matches), and is live.
     assert len(received) > 0
-    with TokenService.open(Location(url=postgres_url), create=False) as service:
+    with TokenService.open(Location(url=postgres_url)) as service:
         for token in received:
             shown = service.show(token)
             assert (shown.state, shown.uses_left) == ("valid", 5)
@@ -567,7 +567,7 @@ def test_without_psycopg_a_url_exits_3_saying_what_to_install(
             env=env,
         )
         assert result.returncode == 3, (args, result.stderr)
-        assert "install 'tokencli[postgres]'" in result.stderr
+        assert "pip install '.[postgres]'" in result.stderr
         assert result.stderr.count("\n") == 1
         no_traceback(result.stderr)
     # The rest of tokencli works without it.

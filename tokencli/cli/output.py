@@ -3,7 +3,9 @@
 Machine output (JSON, tab-separated text) is written straight to the stream, never
 through rich, so nothing in it can be taken for markup. Text that came from a user
 (labels) is shown literally (service/views.py's `literal`), so a label can neither colour
-a terminal nor move its cursor. The JSON shapes themselves live in service/views.py,
+a terminal nor move its cursor. In tab-separated output, a text cell that a spreadsheet
+would take for a formula (starting with = + - @) gets a leading apostrophe (`cell()`):
+JSON carries every value exactly. The JSON shapes themselves live in service/views.py,
 shared with the HTTP API.
 """
 
@@ -24,6 +26,22 @@ if TYPE_CHECKING:
 
 TABLE_HEADERS = ("ID", "LABEL", "CREATED", "EXPIRES", "USES LEFT", "STATE", "SCOPES")
 EVENT_HEADERS = ("TIME", "ACTION", "TOKEN", "OUTCOME", "SOURCE", "DETAIL")
+# What a spreadsheet opening tab-separated text takes for the start of a formula
+# (OWASP's CSV injection list; tab and carriage return never reach a cell unescaped).
+FORMULA_STARTS = ("=", "+", "-", "@")
+# What a tab-separated cell shows for no value (audit's token, stats' next expiry).
+NO_VALUE = "-"
+
+
+def cell(text: str) -> str:
+    """Text from a user as one tab-separated cell: literal, and never a formula.
+
+    `=HYPERLINK(...)` as a label would run in a spreadsheet that opens `tokencli list >
+    tokens.tsv`; with an apostrophe in front, spreadsheets show it as text. JSON output
+    (`--json`, `--jsonl`, `export`) carries the value exactly.
+    """
+    shown = literal(text)
+    return "'" + shown if shown.startswith(FORMULA_STARTS) else shown
 
 
 def relative_time(epoch_seconds: int, now: int) -> str:
@@ -57,24 +75,29 @@ def write_stats(stream: TextIO, report: Stats, now: int) -> None:
                 body[key] += f" ({relative_time(moment, now)})"
     if body["database"] is None:
         body["database"] = "(none yet)"
-    stream.write("".join(f"{key}\t{literal(str(value))}\n" for key, value in body.items()))
+    stream.write(
+        "".join(
+            f"{key}\t{NO_VALUE if value is None else cell(str(value))}\n"
+            for key, value in body.items()
+        )
+    )
 
 
-def _event_cells(event: AuditEvent) -> tuple[str, ...]:
-    # Every cell literally: an import or another tool may have written the trail.
+def _event_cells(event: AuditEvent, text: Callable[[str], str]) -> tuple[str, ...]:
+    # Every cell as text from a user: an import or another tool may have written the trail.
     return (
-        literal(event.action),
-        literal(event.token_id or "-"),
-        literal(event.outcome),
-        literal(event.source),
-        literal(event.detail or ""),
+        text(event.action),
+        NO_VALUE if event.token_id is None else text(event.token_id),
+        text(event.outcome),
+        text(event.source),
+        text(event.detail or ""),
     )
 
 
 def write_plain_events(stream: TextIO, events: list[AuditEvent]) -> None:
     """Audit events as tab-separated lines under a header."""
     lines = ["\t".join(EVENT_HEADERS)]
-    lines.extend("\t".join((iso_time(event.at), *_event_cells(event))) for event in events)
+    lines.extend("\t".join((iso_time(event.at), *_event_cells(event, cell))) for event in events)
     stream.write("\n".join(lines) + "\n")
 
 
@@ -86,9 +109,8 @@ def write_rich_events(stream: TextIO, events: list[AuditEvent], now: int) -> Non
 
     table = Table(*EVENT_HEADERS, box=None, header_style="bold", pad_edge=False)
     for event in events:
-        table.add_row(
-            *(Text(cell) for cell in (relative_time(event.at, now), *_event_cells(event)))
-        )
+        cells = (relative_time(event.at, now), *_event_cells(event, literal))
+        table.add_row(*(Text(shown) for shown in cells))
     Console(file=stream, highlight=False).print(table)
 
 
@@ -106,12 +128,12 @@ def _plain_row(info: TokenInfo) -> str:
     return "\t".join(
         (
             info.id,
-            literal(info.label or ""),
+            cell(info.label or ""),
             iso_time(info.created_at),
             iso_time(info.expires_at),
             uses_text(info.uses_left),
             info.state.value,
-            ",".join(info.scopes),
+            cell(",".join(info.scopes)),
         )
     )
 
@@ -178,7 +200,11 @@ def write_rich_table(stream: TextIO, tokens: Iterable[TokenInfo], now: int) -> N
 
 @contextlib.contextmanager
 def progress(total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr (when `enabled`); yields a function to advance it."""
+    """A progress bar on stderr (when `enabled`); yields a function to advance it.
+
+    Only on stderr: rich's bar would otherwise capture stdout while it runs and send
+    what is written there (the tokens of `issue`) to the bar's terminal instead.
+    """
     if not enabled:
         yield lambda _done: None
         return
@@ -192,6 +218,8 @@ def progress(total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
     )
     with bar:
         task = bar.add_task("issue", total=total)

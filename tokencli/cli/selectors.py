@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tokencli.domain.errors import InvalidRequestError
-from tokencli.domain.model import STORED_STATES, TokenFilter, TokenState
+from tokencli.domain.model import STATE_NAMES, TokenFilter, TokenState
 from tokencli.domain.rules import expiry_horizon, validate_positive, validate_scopes
-
-STATE_NAMES = tuple(state.value for state in STORED_STATES)
 
 
 def parse_states(names: Sequence[str]) -> frozenset[TokenState]:

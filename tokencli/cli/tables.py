@@ -14,15 +14,16 @@ from tokencli.cli.base import (
     complete_live_ids,
     complete_scopes,
     duration_option,
+    duration_text,
     exit_codes,
     json_option,
     parse_duration_option,
+    reader,
     service,
 )
-from tokencli.cli.selectors import STATE_NAMES, list_filter
-from tokencli.domain.durations import format_duration
+from tokencli.cli.selectors import list_filter
 from tokencli.domain.errors import InvalidRequestError
-from tokencli.domain.model import DEFAULT_AUDIT_RETENTION_SECONDS
+from tokencli.domain.model import DEFAULT_AUDIT_RETENTION_SECONDS, STATE_NAMES
 from tokencli.service import views
 
 LabelFilter = Annotated[
@@ -83,7 +84,7 @@ def list_tokens(
     with exit_codes():
         if json_output and jsonl:
             raise InvalidRequestError("--json and --jsonl do not go together; choose one")
-        with service(ctx, create=False, read_only=True) as listing:
+        with reader(ctx) as listing:
             now = listing.now()
             selector = list_filter(
                 include_ended=all_tokens,
@@ -128,12 +129,12 @@ def purge(
         typer.Option(
             parser=_retention,
             metavar="DURATION|none",
-            help="Drop audit events older than this (default 90d); 'none' keeps them all.",
+            help="Drop audit events older than this; 'none' keeps them all.",
         ),
-    ] = format_duration(DEFAULT_AUDIT_RETENTION_SECONDS),  # type: ignore[assignment]
+    ] = duration_text(DEFAULT_AUDIT_RETENTION_SECONDS),  # type: ignore[assignment]
 ) -> None:
     """Delete every expired, used-up and revoked token, and say how many; drop audit
-    events older than 90 days (see --audit-retention).
+    events older than --audit-retention.
 
     Prints nothing when there is nothing to purge, so it suits a crontab line.
 
@@ -147,8 +148,12 @@ def purge(
     """
     with exit_codes():
         retention = None if audit_retention == _KEEP_EVERY_EVENT else audit_retention
-        with service(ctx, create=not dry_run, read_only=dry_run) as purging:
-            result = purging.purge(dry_run=dry_run, audit_retention_seconds=retention)
+        if dry_run:
+            with reader(ctx) as previewing:
+                result = previewing.would_purge(audit_retention_seconds=retention)
+        else:
+            with service(ctx) as purging:
+                result = purging.purge(audit_retention_seconds=retention)
         if quiet:
             return
         if json_output:
@@ -172,7 +177,7 @@ def stats(
       tokencli stats
       tokencli stats --json | jq .live
     """
-    with exit_codes(), service(ctx, create=False, read_only=True) as reporting:
+    with exit_codes(), reader(ctx) as reporting:
         report = reporting.stats()
         if json_output:
             output.write_line(views.encode_json(views.stats_json(report)))
@@ -202,7 +207,7 @@ def audit(
       tokencli audit --since 1d
       tokencli audit --token 3kq7d2mxa4bz --json
     """
-    with exit_codes(), service(ctx, create=False, read_only=True) as reading:
+    with exit_codes(), reader(ctx) as reading:
         events = reading.audit(since_seconds=since, token_id=token, limit=limit)
         if json_output:
             output.write_line(views.encode_json([views.event_json(event) for event in events]))
@@ -235,7 +240,7 @@ def export(
     """
     from tokencli.service.transfer import export_objects
 
-    with exit_codes(), service(ctx, create=False, read_only=True) as exporting:
+    with exit_codes(), reader(ctx) as exporting:
         now = exporting.now()
         selector = list_filter(
             include_ended=True,
@@ -272,7 +277,7 @@ def import_tokens(
     """
     from tokencli.service.transfer import import_lines
 
-    with exit_codes(), service(ctx, create=True) as importing:
+    with exit_codes(), service(ctx) as importing:
         result = import_lines(importing, _stdin_lines(), skip_existing=skip_existing)
         if json_output:
             output.write_line(views.encode_json(result._asdict()))

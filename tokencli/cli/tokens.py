@@ -10,24 +10,41 @@ import typer
 from tokencli.cli import output
 from tokencli.cli.base import (
     app,
+    checker,
     complete_live_ids,
     complete_scopes,
     duration_option,
+    duration_text,
     error,
     exit_codes,
     json_option,
+    reader,
     service,
+    warn,
 )
 from tokencli.cli.selectors import selector_options_filter
 from tokencli.domain import tokens
-from tokencli.domain.errors import ExitStatus, InvalidRequestError, NoPermissionError, NotFoundError
-from tokencli.domain.model import TokenInfo
+from tokencli.domain.errors import (
+    ExitStatus,
+    InvalidRequestError,
+    NoPermissionError,
+    NotFoundError,
+)
+from tokencli.domain.model import (
+    DEFAULT_TTL_SECONDS,
+    MAX_TTL_SECONDS,
+    CheckResult,
+    TokenInfo,
+    TokenState,
+)
 from tokencli.domain.rules import validate_scopes
 from tokencli.service import views
+from tokencli.service.reader import parse_presented
 from tokencli.service.service import ISSUE_BATCH_SIZE
 
-# `issue --count` shows a progress bar on a terminal from this many tokens on, and then
-# commits in smaller batches so the bar moves.
+# `issue --count` shows a progress bar from this many tokens on, when the tokens go to a
+# file or a pipe and stderr is a terminal; it then commits in smaller batches so the bar
+# moves.
 _PROGRESS_THRESHOLD = 5_000
 _PROGRESS_BATCH = 10_000  # so --count 10000 stays one transaction
 # Longest line `check` reads from stdin (a real token is 43 characters), and how many
@@ -52,9 +69,10 @@ def issue(
     ttl: Annotated[
         int,
         duration_option(
-            "Lifetime: 90s, 15m, 2h, 7d, 1w, 1h30m; a bare number is seconds. At most 3650d."
+            "Lifetime: 90s, 15m, 2h, 7d, 1w, 1h30m; a bare number is seconds. "
+            f"At most {duration_text(MAX_TTL_SECONDS)}."
         ),
-    ] = "60m",  # type: ignore[assignment]  # parsed by parse_duration_option
+    ] = duration_text(DEFAULT_TTL_SECONDS),  # type: ignore[assignment]  # parsed by the option
     label: Annotated[
         str | None,
         typer.Option(
@@ -86,8 +104,14 @@ def issue(
       tokencli issue --scope deploy --scope read:logs --label ci
       tokencli issue --count 100 --ttl 7d --json > tokens.jsonl
     """
-    with exit_codes(), service(ctx, create=True) as issuing:
-        show_progress = count >= _PROGRESS_THRESHOLD and output.wants_rich(sys.stderr)
+    with exit_codes(), service(ctx) as issuing:
+        # Not when the tokens go to the terminal too: they scroll there, and a bar
+        # redrawn between them would garble both.
+        show_progress = (
+            count >= _PROGRESS_THRESHOLD
+            and output.wants_rich(sys.stderr)
+            and not sys.stdout.isatty()
+        )
         batches = issuing.issue_batches(
             ttl_seconds=ttl,
             label=label,
@@ -109,21 +133,29 @@ def issue(
         sys.stdout.flush()
 
 
+# What `check` judges when standard input is not text: not a token, so malformed.
+_NOT_TEXT = "\ufffd"
+
+
 def _read_token_from_stdin() -> str:
-    """The first non-blank line of standard input (a prompt without echo on a terminal)."""
+    """The first non-blank line of standard input (a prompt without echo on a terminal);
+    "" when there is none."""
     if sys.stdin is None:
         return ""
     if sys.stdin.isatty():
         import getpass
 
-        return getpass.getpass("Token: ", stream=sys.stderr)
+        try:
+            return getpass.getpass("Token: ", stream=sys.stderr)
+        except EOFError:
+            return ""
     try:
         for _ in range(_MAX_BLANK_LINES):
             line = sys.stdin.readline(_MAX_STDIN_TOKEN)
             if not line or tokens.strip(line):
                 return line
     except UnicodeDecodeError:
-        pass  # not text, so not a token: judged malformed
+        return _NOT_TEXT
     return ""
 
 
@@ -158,15 +190,11 @@ def check(
     with exit_codes():
         required = validate_scopes(scope or (), limit=None)
         text = _read_token_from_stdin() if token is None or token == "-" else token
-        try:
-            # A missing database reads as empty (unknown), and nothing is created.
-            with service(ctx, create=False) as checking:
-                result = checking.check(text, required)
-        except NoPermissionError as failure:
-            raise NoPermissionError(
-                f"{failure}: a check records its use and an audit event; "
-                "`tokencli show` looks without writing"
-            ) from None
+        if not tokens.strip(text):
+            raise InvalidRequestError(
+                "no token given: pass it as the argument, or on standard input"
+            )
+        result = _check(ctx, text, required)
         if not quiet:
             line = (
                 views.encode_json(views.check_json(result)) if json_output else result.state.value
@@ -174,6 +202,27 @@ def check(
             output.write_line(line)
         if not result.valid:
             raise typer.Exit(int(ExitStatus.NOT_VALID))
+
+
+def _check(ctx: typer.Context, text: str, required: tuple[str, ...]) -> CheckResult:
+    """The verdict on `text`, its use and audit event recorded.
+
+    A malformed token is judged by its shape, without a lookup: on a database the user may
+    only read, it is still `malformed` (exit 1), with a warning that the check could not be
+    recorded. A database that is not usable at all (damaged, foreign) stays exit 3.
+    """
+    try:
+        # A missing database reads as empty (unknown), and nothing is created.
+        with checker(ctx) as checking:
+            return checking.check(text, required)
+    except NoPermissionError as failure:
+        if parse_presented(text) is None:
+            warn(f"the check was not recorded in the audit trail: {failure}")
+            return CheckResult(TokenState.MALFORMED)
+        raise NoPermissionError(
+            f"{failure}: a check records its use and an audit event; "
+            "`tokencli show` looks without writing"
+        ) from None
 
 
 @app.command()
@@ -197,7 +246,7 @@ def show(
       tokencli show 3kq7d2mxa4bz
       tokencli show "$TOKEN" --json | jq .uses_left
     """
-    with exit_codes(), service(ctx, create=False, read_only=True) as looking:
+    with exit_codes(), reader(ctx) as looking:
         found: list[TokenInfo] = []
         missing = 0
         for id_or_token in ids:
@@ -232,7 +281,10 @@ def revoke(
     ] = None,
     scope: ScopeOption = None,
     all_tokens: Annotated[
-        bool, typer.Option("--all", help="Every live token (asks first on a terminal).")
+        bool,
+        typer.Option(
+            "--all", help="Every live token: asks first on a terminal; without one, needs --yes."
+        ),
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --all.")] = False,
     dry_run: Annotated[
@@ -258,11 +310,21 @@ def revoke(
             raise InvalidRequestError("name tokens to revoke, or --label, --scope or --all")
         if all_tokens and selector is None:
             selector = selector_options_filter(everything=True)
-        if all_tokens and not yes and not dry_run and sys.stdin.isatty():
+        if all_tokens and not yes and not dry_run:
+            if sys.stdin is None or not sys.stdin.isatty():
+                # Never every token on the strength of /dev/null or a closed stdin (cron).
+                raise InvalidRequestError(
+                    "--all revokes every live token, and there is no terminal to ask on; "
+                    "pass --yes to do it (or --dry-run to see what it would revoke)"
+                )
             if not _confirmed("Revoke every live token?"):
                 raise typer.Exit(int(ExitStatus.OK))
-        with service(ctx, create=not dry_run, read_only=dry_run) as revoking:
-            revoked, missing = revoking.revoke_many(ids or (), selector, dry_run=dry_run)
+        if dry_run:
+            with reader(ctx) as previewing:
+                revoked, missing = previewing.would_revoke(ids or (), selector)
+        else:
+            with service(ctx) as revoking:
+                revoked, missing = revoking.revoke_many(ids or (), selector)
         for failure in missing:
             error(str(failure))
         verb = "would revoke" if dry_run else "revoked"
@@ -296,7 +358,12 @@ def renew(
             autocompletion=complete_live_ids,
         ),
     ],
-    ttl: Annotated[int, duration_option("New lifetime, counted from now (at most 3650d).")] = "60m",  # type: ignore[assignment]  # parsed by parse_duration_option
+    ttl: Annotated[
+        int,
+        duration_option(
+            f"New lifetime, counted from now (at most {duration_text(MAX_TTL_SECONDS)})."
+        ),
+    ] = duration_text(DEFAULT_TTL_SECONDS),  # type: ignore[assignment]  # parsed by the option
     json_output: Annotated[bool, json_option("Print the token as JSON.")] = False,
 ) -> None:
     """Give a live token a new expiry, TTL from now. Exit 1 if it is unknown or not live.
@@ -306,7 +373,7 @@ def renew(
       tokencli renew 3kq7d2mxa4bz --ttl 2h
       tokencli renew "$TOKEN" --ttl 7d --json
     """
-    with exit_codes(), service(ctx, create=True) as renewing:
+    with exit_codes(), service(ctx) as renewing:
         info = renewing.renew(token_id, ttl)
         if json_output:
             output.write_line(views.encode_json(views.token_json(info)))
@@ -326,8 +393,8 @@ def rotate(
         ),
     ],
     grace: Annotated[
-        int, duration_option("How long the old token stays valid (default: not at all).")
-    ] = "0s",  # type: ignore[assignment]  # parsed by parse_duration_option
+        int, duration_option("How long the old token stays valid after the rotation.")
+    ] = duration_text(0),  # type: ignore[assignment]  # parsed by the option
     ttl: Annotated[
         int | None,
         duration_option("Lifetime of the new token (default: the old token's lifetime)."),
@@ -342,7 +409,7 @@ def rotate(
       NEW=$(tokencli rotate 3kq7d2mxa4bz --grace 10m)
       tokencli rotate "$OLD" --ttl 30d --json
     """
-    with exit_codes(), service(ctx, create=True) as rotating:
+    with exit_codes(), service(ctx) as rotating:
         issued = rotating.rotate(token_id, grace_seconds=grace, ttl_seconds=ttl)
         if json_output:
             output.write_line(views.encode_json(views.issued_json(issued)))

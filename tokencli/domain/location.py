@@ -61,9 +61,3 @@ def database_location(option: str | None) -> Location:
     import typer  # already loaded by the CLI; imported here to keep this module light
 
     return Location(path=Path(typer.get_app_dir("tokencli")) / "tokens.db")
-
-
-def database_path(option: Path | None) -> Path:
-    """The SQLite file of `database_location` (until every caller takes a Location)."""
-    location = database_location(str(option) if option is not None else None)
-    return location.path if location.path is not None else Path(location.shown)

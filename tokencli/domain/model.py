@@ -40,6 +40,8 @@ class TokenState(StrEnum):
 
 # The states a stored token can be in (the others are verdicts on what was presented).
 STORED_STATES = (TokenState.VALID, TokenState.EXPIRED, TokenState.USED_UP, TokenState.REVOKED)
+# Their names, as options, query parameters and the OpenAPI document spell them.
+STATE_NAMES = tuple(state.value for state in STORED_STATES)
 
 
 class TokenRecord(NamedTuple):

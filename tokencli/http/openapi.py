@@ -18,13 +18,12 @@ from tokencli.domain.model import (
     MAX_TTL_SECONDS,
     MAX_USES,
     SCOPE_PATTERN,
-    STORED_STATES,
+    STATE_NAMES,
     TokenState,
 )
 from tokencli.http import viewers
 from tokencli.http.http11 import MAX_BODY_BYTES
 
-STATE_NAMES = tuple(state.value for state in STORED_STATES)
 VERDICT_NAMES = tuple(state.value for state in TokenState)
 SCOPE_PATTERN_TEXT = f"^{SCOPE_PATTERN.pattern}$"
 # What the service accepts, as far as a pattern can say it: units largest first, each

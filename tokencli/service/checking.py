@@ -27,7 +27,13 @@ class Presented(NamedTuple):
 
 
 class TokenChecker(TokenReader):
-    """Check tokens; every check appends one audit event in its own transaction."""
+    """Check tokens; every check appends one audit event in its own transaction.
+
+    `open` needs write access (a check records its use and its event) but creates no
+    database: on a missing one every well-formed token is `unknown`.
+    """
+
+    WRITES = True
 
     def _event(
         self, now: int, action: str, token_id: str | None, outcome: str, detail: str | None = None

@@ -1,25 +1,31 @@
 """Looking at tokens without changing anything: the reading half of the token service.
 
-`TokenReader` shows, lists, counts and reads the audit trail; it never writes, so `show`
-of a single-use token leaves it valid and the read-only commands work on a database the
-user may only read. `TokenService` (service.py) extends it with every action that
-changes something.
+`TokenReader` shows, lists, counts, reads the audit trail and previews what a purge or a
+revoke would do; it never writes, so `show` of a single-use token leaves it valid and the
+read-only commands work on a database the user may only read. Those commands open a
+`TokenReader` (`TokenReader.open`), which opens the database read-only and has no method
+that writes: a read-only command cannot call a write by mistake.
+
+`TokenChecker` (checking.py) adds checks, `TokenService` (service.py) every other action
+that changes something; each class's `open` opens the database as that role needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Self
 
 from tokencli.domain import tokens
-from tokencli.domain.errors import NotFoundError
+from tokencli.domain.errors import InvalidRequestError, NotFoundError
 from tokencli.domain.location import Location
 from tokencli.domain.model import (
+    DEFAULT_AUDIT_RETENTION_SECONDS,
     LIVE,
     MAX_COUNT,
     AuditEvent,
+    PurgeResult,
     Stats,
     TokenFilter,
     TokenInfo,
@@ -41,6 +47,11 @@ def parse_presented(text: str) -> str | None:
 class TokenReader:
     """Show, list, count and audit the tokens of one store, by one clock; writes nothing."""
 
+    # How `open` opens the database for this role: a reader creates nothing and opens
+    # the file read-only; the subclasses that write say so.
+    CREATES_DATABASE = False
+    WRITES = False
+
     def __init__(
         self, store: Store, clock: Callable[[], float] = time.time, *, source: str = "cli"
     ) -> None:
@@ -54,18 +65,15 @@ class TokenReader:
         cls,
         location: Location,
         *,
-        create: bool,
-        read_only: bool = False,
         clock: Callable[[], float] = time.time,
         source: str = "cli",
     ) -> Iterator[Self]:
-        """The service over the database at `location`, closed when the block ends.
+        """This role over the database at `location`, closed when the block ends.
 
-        Without `create`, a missing database reads as empty and nothing is created;
-        `read_only` is for commands that only read, so a file the user may only read is
-        fine.
+        A reader opens it read-only (a file the user may only read is fine) and a missing
+        database reads as empty; `TokenService` creates a missing one.
         """
-        store = open_store(location, create=create, read_only=read_only)
+        store = open_store(location, create=cls.CREATES_DATABASE, read_only=not cls.WRITES)
         try:
             yield cls(store, clock, source=source)
         finally:
@@ -75,6 +83,11 @@ class TokenReader:
     def store(self) -> Store:
         """The store this service works on."""
         return self._store
+
+    @property
+    def database_exists(self) -> bool:
+        """False when there is no database yet and this service reads an empty one."""
+        return self._store.location is not None
 
     @property
     def source(self) -> str:
@@ -127,6 +140,41 @@ class TokenReader:
         # state is what state_at says, so that is what the rows are held to.
         return (record for record in rows if state_at(record, now) in states)
 
+    def would_revoke(
+        self, names: Sequence[str], selector: TokenFilter | None = None
+    ) -> tuple[list[str], list[NotFoundError]]:
+        """What `TokenService.revoke_many(names, selector)` would revoke, changing nothing:
+        the IDs (the named first, then the selected, oldest first, each once) and a
+        NotFoundError per name that is not there."""
+        missing: list[NotFoundError] = []
+        named = self._resolve_all(names, missing)
+        now = self.now()
+        found = self._store.get_many(named) if named else {}
+        chosen = [token_id for token_id in named if token_id in found]
+        missing.extend(NotFoundError(f"no token {i}") for i in named if i not in found)
+        live = live_selection(selector)
+        if live is not None:
+            chosen.extend(record.id for record in self.records(live, now) if record.id not in found)
+        return chosen, missing
+
+    def _resolve_all(self, names: Sequence[str], missing: list[NotFoundError]) -> list[str]:
+        """The IDs the names stand for, each once, in order; a NotFoundError in `missing`
+        for each name that is neither."""
+        named: list[str] = []
+        for name in names:
+            try:
+                named.append(self.resolve_id(name))
+            except NotFoundError as error:
+                missing.append(error)
+        return list(dict.fromkeys(named))
+
+    def would_purge(
+        self, *, audit_retention_seconds: int | None = DEFAULT_AUDIT_RETENTION_SECONDS
+    ) -> PurgeResult:
+        """How many tokens `TokenService.purge()` would delete now; deletes nothing."""
+        check_retention(audit_retention_seconds)
+        return PurgeResult(self._store.count_ended(self.now()), dry_run=True)
+
     def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens starting with `prefix`, for shell completion."""
         return self._store.live_ids(self.now(), prefix, limit)
@@ -151,6 +199,20 @@ class TokenReader:
         validate_positive("limit", limit, MAX_COUNT)
         since = None if since_seconds is None else self.now() - since_seconds
         return self._store.events(since=since, token_id=token_id, limit=limit)
+
+
+def check_retention(seconds: int | None) -> None:
+    """Refuse an audit retention that is not positive (None keeps every event)."""
+    if seconds is not None and seconds <= 0:
+        raise InvalidRequestError("audit retention must be positive, e.g. 90d")
+
+
+def live_selection(selector: TokenFilter | None) -> TokenFilter | None:
+    """The live tokens a revoke selector names, however many (None: no selection)."""
+    if selector is None:
+        return None
+    live = selector._replace(states=LIVE.states, limit=None)
+    return None if matches_nothing(live) else live
 
 
 def _shown(text: str) -> str:

@@ -19,7 +19,6 @@ from tokencli.domain.errors import InvalidRequestError, NotFoundError
 from tokencli.domain.model import (
     DEFAULT_AUDIT_RETENTION_SECONDS,
     DEFAULT_TTL_SECONDS,
-    LIVE,
     MAX_COUNT,
     MAX_TTL_SECONDS,
     MAX_USES,
@@ -34,7 +33,6 @@ from tokencli.domain.model import (
 from tokencli.domain.rules import (
     info,
     lifetime,
-    matches_nothing,
     renewed_expiry,
     state_at,
     validate_label,
@@ -43,6 +41,7 @@ from tokencli.domain.rules import (
     validate_ttl,
 )
 from tokencli.service.checking import TokenChecker
+from tokencli.service.reader import check_retention, live_selection
 from tokencli.store.base import IdCollisionError
 
 # Tokens are committed (and only then shown) in batches this large, so a huge --count
@@ -68,9 +67,12 @@ class TokenService(TokenChecker):
     Every action that changes something appends one audit event per token it touches, in
     the same transaction as the change, tagged with `source` ("cli" or "http"). Events
     hold IDs and outcomes, never a secret. Looking (`show`, `list`) writes nothing.
+    `open` creates (or migrates) the database when it is missing.
     """
 
-    # -- issue ---------------------------------------------------------------------------
+    CREATES_DATABASE = True
+
+    # -- issue ----------------------------------------------------------------------------
 
     def issue_batches(
         self,
@@ -150,7 +152,7 @@ class TokenService(TokenChecker):
             ]
         raise AssertionError("unreachable")  # pragma: no cover
 
-    # -- show, revoke, renew, rotate ------------------------------------------------------
+    # -- revoke, renew, rotate ------------------------------------------------------------
 
     def revoke(self, id_or_token: str) -> str:
         """Revoke one token by ID or full token; return its ID or raise NotFoundError."""
@@ -164,13 +166,6 @@ class TokenService(TokenChecker):
         if not found:
             raise NotFoundError(f"no token {token_id}")
         return token_id
-
-    def revoke_selected(self, selector: TokenFilter, *, dry_run: bool = False) -> list[str]:
-        """Revoke every live token the selector matches, in one transaction; their IDs.
-
-        A dry run returns the IDs it would revoke and changes nothing.
-        """
-        return self.revoke_many((), selector, dry_run=dry_run)[0]
 
     def revoke_many(
         self,
@@ -186,27 +181,11 @@ class TokenService(TokenChecker):
         first), and a NotFoundError per name that is not there; the others are revoked
         regardless. A dry run returns what it would do and changes nothing.
         """
-        missing: list[NotFoundError] = []
-        named: list[str] = []
-        for name in names:
-            try:
-                named.append(self.resolve_id(name))
-            except NotFoundError as error:
-                missing.append(error)
-        named = list(dict.fromkeys(named))
-        live = None if selector is None else selector._replace(states=LIVE.states, limit=None)
-        if live is not None and matches_nothing(live):
-            live = None
         if dry_run:
-            now = self.now()
-            found = self._store.get_many(named) if named else {}
-            chosen = [token_id for token_id in named if token_id in found]
-            missing.extend(NotFoundError(f"no token {i}") for i in named if i not in found)
-            if live is not None:
-                chosen.extend(
-                    record.id for record in self.records(live, now) if record.id not in found
-                )
-            return chosen, missing
+            return self.would_revoke(names, selector)
+        missing: list[NotFoundError] = []
+        named = self._resolve_all(names, missing)
+        live = live_selection(selector)
         with self._store.transaction():
             now = self.now()
             revoked: list[str] = []
@@ -286,7 +265,7 @@ class TokenService(TokenChecker):
             0
         ]
 
-    # -- list, purge, stats, audit ---------------------------------------------------------
+    # -- purge ----------------------------------------------------------------------------
 
     def purge(
         self,
@@ -296,10 +275,9 @@ class TokenService(TokenChecker):
     ) -> PurgeResult:
         """Delete every expired, used-up or revoked token (or count them, on a dry run),
         and drop audit events older than the retention (None keeps every event)."""
-        if audit_retention_seconds is not None and audit_retention_seconds <= 0:
-            raise InvalidRequestError("audit retention must be positive, e.g. 90d")
         if dry_run:
-            return PurgeResult(self._store.count_ended(self.now()), dry_run=True)
+            return self.would_purge(audit_retention_seconds=audit_retention_seconds)
+        check_retention(audit_retention_seconds)
         with self._store.transaction():
             now = self.now()
             purged = self._store.purge(now)

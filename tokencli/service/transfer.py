@@ -22,6 +22,7 @@ from tokencli.domain import tokens
 from tokencli.domain.errors import ConflictError, InvalidRequestError
 from tokencli.domain.model import MAX_USES, AuditEvent, TokenFilter, TokenRecord
 from tokencli.domain.rules import validate_label, validate_printable, validate_scopes
+from tokencli.service.reader import TokenReader
 from tokencli.service.service import TokenService
 
 FORMAT_TOKEN = "token"
@@ -88,7 +89,7 @@ def event_line(event: AuditEvent) -> dict[str, Any]:
 
 
 def export_objects(
-    service: TokenService, selector: TokenFilter, *, audit: bool
+    service: TokenReader, selector: TokenFilter, *, audit: bool
 ) -> Iterator[dict[str, Any]]:
     """The tokens the selector matches, then (with `audit`) every audit event; streamed."""
     now = service.now()

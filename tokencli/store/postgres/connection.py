@@ -47,7 +47,10 @@ else:
     logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
-NOT_INSTALLED = "PostgreSQL support is not installed: pip install 'tokencli[postgres]'"
+NOT_INSTALLED = (
+    "PostgreSQL support is not installed: run pip install '.[postgres]' in tokencli's "
+    "checkout (or pip install 'psycopg[binary]>=3.2' where tokencli is installed)"
+)
 
 CONNECT_TIMEOUT_SECONDS = 10
 
