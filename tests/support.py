@@ -102,14 +102,32 @@ def other_application_database(path: Path) -> None:
 
 
 def check_reading_stdin(executable: str) -> subprocess.Popen[str]:
-    """`tokencli check` started with no argument, waiting for the token on stdin."""
-    return subprocess.Popen(
+    """`tokencli check` started with no argument, once it waits for the token on stdin."""
+    process = subprocess.Popen(
         [executable, "check"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    wait_until_reading_stdin(process.pid)
+    return process
+
+
+def wait_until_reading_stdin(pid: int, timeout: float = 60) -> None:
+    """Return once the process sleeps in a read of its stdin pipe (Linux: what the
+    kernel reports in /proc); no guess at how long starting takes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            waiting_in = Path(f"/proc/{pid}/wchan").read_text()
+            syscall = Path(f"/proc/{pid}/syscall").read_text().split()
+        except OSError:
+            return  # gone already: the caller's own assertions say what happened
+        if "pipe_read" in waiting_in and syscall[:2] in (["0", "0x0"], ["63", "0x0"]):
+            return  # read(0, ...): 0 on x86-64, 63 on arm64
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never waited on its stdin")
 
 
 class Client:

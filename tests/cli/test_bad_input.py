@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,16 @@ from typer.testing import CliRunner
 
 from tokencli.cli.app import app
 
-from support import ADMIN_KEY, Served, raw_exchange, start_server, status_of
+from support import (
+    ADMIN_KEY,
+    EXECUTABLE,
+    Served,
+    component,
+    needs_executable,
+    raw_exchange,
+    start_server,
+    status_of,
+)
 
 PRINTABLE_OR_NOT = st.text(
     alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=300
@@ -74,12 +82,11 @@ def test_check_and_revoke_with_any_text(runner: CliRunner, text: str) -> None:
     assert_clean(runner.invoke(app, ["revoke", "--", text or "x"]))
 
 
+@needs_executable
 def test_check_reads_invalid_utf8_from_stdin_as_malformed(db_path: Path) -> None:
-    executable = shutil.which("tokencli")
-    if executable is None:
-        pytest.skip("tokencli is not installed")
+    assert EXECUTABLE is not None
     result = subprocess.run(
-        [executable, "check"], input=b"\xff\xfe\x00abc\n", capture_output=True, timeout=60
+        [EXECUTABLE, "check"], input=b"\xff\xfe\x00abc\n", capture_output=True, timeout=60
     )
     assert (result.returncode, result.stdout) == (1, b"malformed\n")
     assert b"Traceback" not in result.stderr
@@ -135,10 +142,8 @@ def test_garbage_on_the_socket_leaves_the_server_serving(module_server: Served) 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("schemathesis") is None, reason="schemathesis not installed")
 def test_schemathesis_finds_nothing(module_server: Served, tmp_path: Path) -> None:
-    executable = shutil.which("schemathesis")
-    assert executable is not None
+    executable = component("schemathesis", package="the test extra (pip install -e '.[test]')")
     # Its crash cache (.schemathesis/) goes to a scratch folder, not the repository.
     result = subprocess.run(
         [

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tokencli import __version__
 
-from support import check_reading_stdin, component
+from support import EXECUTABLE, check_reading_stdin, component, needs_executable
 
-EXECUTABLE = shutil.which("tokencli")
-pytestmark = pytest.mark.skipif(EXECUTABLE is None, reason="tokencli is not installed on PATH")
+pytestmark = needs_executable
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -56,8 +53,7 @@ def test_issue_then_check_then_garbage(db_path: Path) -> None:
 
 def test_ctrl_c_while_waiting_for_stdin_exits_130() -> None:
     assert EXECUTABLE is not None
-    with check_reading_stdin(EXECUTABLE) as process:
-        time.sleep(2.0)  # let it start and block on stdin
+    with check_reading_stdin(EXECUTABLE) as process:  # it waits on stdin now
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130

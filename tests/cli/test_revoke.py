@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import select
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,10 +24,7 @@ from tokencli.http.api import ApiConfig, Keys
 from tokencli.http.http11 import Request
 from tokencli.service.service import TokenService
 
-from support import ADMIN_KEY, VALIDATE_KEY, Clock, answer_one
-
-EXECUTABLE = shutil.which("tokencli")
-needs_executable = pytest.mark.skipif(EXECUTABLE is None, reason="tokencli is not installed")
+from support import ADMIN_KEY, EXECUTABLE, VALIDATE_KEY, Clock, answer_one, needs_executable
 
 
 def revoke(runner: CliRunner, *args: str) -> Any:

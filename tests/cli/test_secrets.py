@@ -6,7 +6,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -28,11 +27,16 @@ def test_no_plaintext_secret_in_file_log_audit_or_ps(db_path: Path, tmp_path: Pa
     issued = tokencli("issue", "--count", "5", "--uses", "3")
     tokens = issued.stdout.split()
     secrets_only = [token.split(":")[1] for token in tokens]
-    with check_reading_stdin(EXECUTABLE) as checker:
-        time.sleep(0.5)
-        listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    with check_reading_stdin(EXECUTABLE) as checker:  # it waits on stdin, token unsent
+        listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
         out, _ = checker.communicate(tokens[0] + "\n", timeout=60)
     assert out == "valid\n"
+    # The listing did show the checker while it held the token (else "no secret in ps"
+    # would hold for any listing): its line is there, with no token in it.
+    [checker_line] = [
+        line for line in listing.splitlines() if line.split(maxsplit=1)[0] == str(checker.pid)
+    ]
+    assert checker_line.rstrip().endswith("tokencli check")
     log = tmp_path / "access.log"
     with subprocess.Popen(
         [EXECUTABLE, "serve", "--port", "0"], stderr=subprocess.PIPE, text=True

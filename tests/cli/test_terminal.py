@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import pty
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from tokencli.cli.app import app
 
-EXECUTABLE = shutil.which("tokencli")
-pytestmark = pytest.mark.skipif(EXECUTABLE is None, reason="tokencli is not installed")
+from support import EXECUTABLE, needs_executable
+
+pytestmark = needs_executable
 
 
 def run_on_pty(args: list[str], env_extra: dict[str, str]) -> str:

@@ -424,12 +424,12 @@ def test_issue_then_validate_in_one_batch(http_service: TokenService) -> None:
     assert payload(answers[2])["state"] == "unknown"
 
 
+@pytest.mark.stores("sqlite", reason="counts the statements SQLite's trace callback reports")
 def test_a_batch_of_validations_costs_a_constant_number_of_queries(
     http_service: TokenService,
 ) -> None:
     """For tokens of unlimited use; a use-limited one costs its own UPDATE (store contract)."""
-    if not isinstance(http_service.store, SQLiteStore):
-        pytest.skip("counts the statements SQLite's trace callback reports")
+    assert isinstance(http_service.store, SQLiteStore)
     issued = [item.token for chunk in http_service.issue_batches(count=200) for item in chunk]
     statements: list[str] = []
     connection = http_service.store._connection

@@ -2,7 +2,9 @@
 
 One test per finding of the hostile review (issue "No client can stall or kill serve").
 Timeouts are shortened through `Limits` so each test takes seconds; every test is
-bounded in time and count and talks to 127.0.0.1 only.
+bounded in time and count and talks to 127.0.0.1 only. Tests assert on events (what was
+answered, closed, or still waiting); where a duration is checked it is a generous bound
+(several times what the server needs), telling a stall from a slow machine.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from tokencli.store.sqlite.queries import SQLiteStore
 
 from support import Served, raw_exchange, status_of
 
-FAST = Limits(request_timeout=1.0, idle_timeout=30.0, drain_seconds=0.5)
+# Timeouts of seconds instead of tens, so a test of one takes seconds.
+SHORT_TIMEOUTS = Limits(request_timeout=1.0, idle_timeout=30.0, drain_seconds=0.5)
 
 
 def read_all(client: socket.socket, deadline: float) -> bytes:
@@ -42,8 +45,9 @@ def read_all(client: socket.socket, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-def health_is_quick(served: Served, times: int = 10, within: float = 1.0) -> bool:
-    """Whether /health answers `times` times, each within `within` seconds."""
+def health_is_quick(served: Served, times: int = 10, within: float = 5.0) -> bool:
+    """Whether /health answers `times` times, each within `within` seconds: a generous
+    bound (an unstalled server answers in milliseconds; a stalled one not for 10 s)."""
     for _ in range(times):
         started = time.monotonic()
         if served.request("GET", "/health")[0] != 200 or time.monotonic() - started > within:
@@ -131,38 +135,47 @@ def test_a_bad_body_among_concurrent_validations_fails_none_of_them(
 def test_a_request_trickled_a_byte_at_a_time_is_cut_off_at_the_request_timeout(
     serve: Callable[..., Served],
 ) -> None:
-    served = serve(limits=FAST)
-    trickle = b"GET /health HTTP/1.1\r\n" + b"X-Slow: " + b"y" * 100
-    started = time.monotonic()
+    served = serve(limits=SHORT_TIMEOUTS)
+    # 20 bytes a second for 25 s: every read is "recent", the request never complete.
+    trickle = b"GET /health HTTP/1.1\r\n" + b"X-Slow: " + b"y" * 500
+    sent = 0
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as client:
-        closed_at = None
+        client.setblocking(False)
+        answer = b""
         for byte in trickle:
             try:
                 client.sendall(bytes([byte]))
+                sent += 1
+                answer += client.recv(65536)
+            except BlockingIOError:
+                pass  # nothing to read yet
             except OSError:
-                closed_at = time.monotonic()
-                break
-            time.sleep(0.05)  # 20 bytes a second: every read is "recent"
-            if time.monotonic() - started > 4:
-                break
-        answer = read_all(client, time.monotonic() + 3)
-        closed_at = closed_at or time.monotonic()
-    assert closed_at - started < 4  # 1 s from the first byte, whatever the trickle
+                break  # the server closed the connection
+            if answer:
+                break  # its 408 arrived
+            time.sleep(0.05)
+        client.setblocking(True)
+        answer += read_all(client, time.monotonic() + 5)
+    # Cut off at 1 s from the first byte: long before the trickle could have ended.
+    assert sent < len(trickle)
     assert answer == b"" or status_of(answer) == 408
     assert health_is_quick(served, times=3)
 
 
 def test_a_stalled_client_times_out_without_blocking_others(serve: Callable[..., Served]) -> None:
-    running = serve(limits=FAST)
+    running = serve(limits=SHORT_TIMEOUTS._replace(request_timeout=5.0))
     stalled = socket.create_connection(("127.0.0.1", running.port), timeout=10)
     stalled.sendall(b"POST /app/token HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
-    started = time.monotonic()
     for _ in range(20):
         assert running.request("GET", "/health")[0] == 200
-    assert time.monotonic() - started < 5
-    answer = read_all(stalled, time.monotonic() + 10)
-    assert answer == b"" or status_of(answer) == 408  # dropped after the timeout
-    assert time.monotonic() - started < 8
+    # The twenty were answered while the stalled request still waited for its body:
+    # nobody waited for it to time out.
+    stalled.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        stalled.recv(1)
+    stalled.setblocking(True)
+    answer = read_all(stalled, time.monotonic() + 30)
+    assert answer == b"" or status_of(answer) == 408  # then dropped after its timeout
     stalled.close()
 
 
@@ -172,7 +185,7 @@ def test_a_stalled_client_times_out_without_blocking_others(serve: Callable[...,
 def test_clients_that_never_read_do_not_slow_anyone_and_are_dropped(
     serve: Callable[..., Served],
 ) -> None:
-    served = serve(limits=FAST._replace(output_high_water=16 * 1024))
+    served = serve(limits=SHORT_TIMEOUTS._replace(output_high_water=16 * 1024))
     request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"  # a large answer
     hogs = []
     for _ in range(5):
@@ -191,7 +204,7 @@ def test_clients_that_never_read_do_not_slow_anyone_and_are_dropped(
                     pass
             time.sleep(0.01)
         assert health_is_quick(served, times=20, within=0.5)
-        time.sleep(FAST.request_timeout + 1.5)  # their output could not drain in time
+        time.sleep(SHORT_TIMEOUTS.request_timeout + 1.5)  # their output could not drain in time
         assert served.server.open_connections == 0
     finally:
         for hog in hogs:
@@ -204,7 +217,7 @@ def test_clients_that_never_read_do_not_slow_anyone_and_are_dropped(
 def test_pipelining_faster_than_answers_leave_holds_bounded_memory(
     serve: Callable[..., Served],
 ) -> None:
-    served = serve(limits=FAST._replace(request_timeout=5.0))
+    served = serve(limits=SHORT_TIMEOUTS._replace(request_timeout=5.0))
     request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
     flood = socket.socket()
     flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -226,7 +239,12 @@ def test_pipelining_faster_than_answers_leave_holds_bounded_memory(
             peak = max(peak, held)
     finally:
         flood.close()
-    bound = http11.MAX_REQUEST_BYTES + FAST.recv_bytes + FAST.output_high_water + 65536
+    bound = (
+        http11.MAX_REQUEST_BYTES
+        + SHORT_TIMEOUTS.recv_bytes
+        + SHORT_TIMEOUTS.output_high_water
+        + 65536
+    )
     assert sent > 0 and peak <= bound, (sent, peak, bound)
 
 
@@ -287,7 +305,7 @@ def test_replacing_the_database_file_under_the_server_fails_loudly(
 def test_past_the_connection_cap_new_clients_wait_and_are_answered(
     serve: Callable[..., Served],
 ) -> None:
-    served = serve(limits=FAST._replace(max_connections=4, idle_under_pressure=0.5))
+    served = serve(limits=SHORT_TIMEOUTS._replace(max_connections=4, idle_under_pressure=0.5))
     idle = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(4)]
     slow = socket.create_connection(("127.0.0.1", served.port), timeout=5)
     try:
@@ -302,7 +320,7 @@ def test_past_the_connection_cap_new_clients_wait_and_are_answered(
 
 
 def test_idle_connections_make_room_under_pressure(serve: Callable[..., Served]) -> None:
-    served = serve(limits=FAST._replace(max_connections=3, idle_under_pressure=0.5))
+    served = serve(limits=SHORT_TIMEOUTS._replace(max_connections=3, idle_under_pressure=0.5))
     clients = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(3)]
     try:
         for client in clients:

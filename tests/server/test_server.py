@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import threading
@@ -26,7 +25,7 @@ from tokencli.http.api import ROUTES
 from tokencli.server.accesslog import redact_target
 from tokencli.store.sqlite.queries import SQLiteStore
 
-from support import ADMIN_KEY, Clock, Served, serve_process
+from support import ADMIN_KEY, Clock, Served, needs_executable, serve_process
 
 
 @pytest.fixture
@@ -294,7 +293,7 @@ def test_bad_admin_key_file_is_a_usage_error(runner: CliRunner, tmp_path: Path) 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("tokencli") is None, reason="tokencli is not installed")
+@needs_executable
 def test_real_serve_subprocess_stops_cleanly_on_sigterm(db_path: Path, tmp_path: Path) -> None:
     key_file = tmp_path / "admin.key"
     key_file.write_text(ADMIN_KEY)

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tokencli.cli.app import app
+from tokencli.domain import tokens
 from tokencli.domain.errors import ExitStatus
 from tokencli.service.service import TokenService
 from tokencli.store.sqlite.queries import SQLiteStore
@@ -311,6 +312,9 @@ def test_folders_made_for_a_database_are_0700_whatever_the_umask(
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
+WELL_FORMED = tokens.generate().plaintext  # a token of the right shape, stored nowhere
+
+
 @pytest.mark.parametrize(
     ("command", "where", "expected"),
     [
@@ -320,7 +324,12 @@ def test_folders_made_for_a_database_are_0700_whatever_the_umask(
         (["list"], "private/tokens.db", "no permission to enter folder {base}/private"),
         (["issue"], "private/inner/tokens.db", "no permission to enter folder {base}/private"),
         (["list"], "private/missing/tokens.db", "no permission to enter folder {base}/private"),
-        (["check", "x" * 12], "private/tokens.db", "no permission to enter folder {base}/private"),
+        # A well-formed token: a malformed one is judged without opening anything.
+        (
+            ["check", WELL_FORMED],
+            "private/tokens.db",
+            "no permission to enter folder {base}/private",
+        ),
     ],
 )
 def test_permission_errors_name_the_folder_that_refuses(
