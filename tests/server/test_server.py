@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 
 from tokencli.cli.app import app
 from tokencli.domain.errors import StorageError
-from tokencli.domain.model import EVERY_TOKEN
+from tokencli.domain.model import EVERY_TOKEN, TokenRecord
 from tokencli.http.api import ROUTES
 from tokencli.server.accesslog import redact_target
 from tokencli.store.sqlite.queries import SQLiteStore
@@ -62,16 +63,22 @@ def test_invalid_tokens_answer_false(served: Served) -> None:
         assert (status, payload) == (200, expected), path
 
 
+def stored(db_path: Path, token_id: str) -> TokenRecord | None:
+    """The token as stored, read on a connection of its own (closed again)."""
+    with contextlib.closing(SQLiteStore.open(db_path, create=False)) as store:
+        return store.get(token_id)
+
+
 def test_issue_body_sets_ttl_label_and_uses(served: Served, db_path: Path) -> None:
     token = issue_over_http(served, json.dumps({"ttl": "15m", "label": "web", "uses": 1}))
-    record = SQLiteStore.open(db_path, create=False).get(token.split(":")[0])
+    record = stored(db_path, token.split(":")[0])
     assert record is not None
     assert record.label == "web" and record.uses_left == 1
     assert record.expires_at - record.created_at == 900
     assert served.request("GET", f"/app/valid/{token}")[2]["status"] is True
     assert served.request("GET", f"/app/valid/{token}")[2]["status"] is False
     seconds = issue_over_http(served, json.dumps({"ttl": 90}))
-    record = SQLiteStore.open(db_path, create=False).get(seconds.split(":")[0])
+    record = stored(db_path, seconds.split(":")[0])
     assert record is not None and record.expires_at - record.created_at == 90
 
 
@@ -101,7 +108,8 @@ def test_bad_issue_bodies_are_400(
     assert status == 400
     assert payload["status_code"] == 400
     assert fragment in payload["detail"]
-    assert list(SQLiteStore.open(db_path, create=False).iter_tokens(EVERY_TOKEN, 0)) == []
+    with contextlib.closing(SQLiteStore.open(db_path, create=False)) as store:
+        assert list(store.iter_tokens(EVERY_TOKEN, 0)) == []
 
 
 def test_unknown_path_404_and_wrong_method_405_with_allow(served: Served) -> None:
