@@ -1,6 +1,6 @@
 """`revoke` by ID and by selector (--label, --scope, --all), --dry-run, the question on a
-terminal, and DELETE /app/tokens/{id} (docs/design.md, "Scopes, show, selectors,
-filters" and "Decided details")."""
+terminal, and DELETE /app/tokens/{id} (docs/design.md, "Command
+line" and "HTTP (tokencli serve)")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Scopes: issued with a token, required by a check, validated wherever a name appears.
 
-docs/design.md, "Scopes, show, selectors, filters" and "Decided details": names are
+docs/design.md, "Command line" and "HTTP (tokencli serve)": names are
 `[a-z0-9:._-]{1,64}`, at most 32 per token, stored once each and shown sorted; a check
 lacking a required scope is `insufficient_scope` and takes no use; a bad name anywhere is
 exit 2 or HTTP 400 and takes no use.

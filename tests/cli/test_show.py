@@ -1,6 +1,6 @@
 """`show` and GET /app/tokens/{id}: a token's public fields and state, looked at without
-touching it: no use taken, nothing written, nothing deleted (docs/design.md, "Scopes,
-show, selectors, filters" and "Decided details")."""
+touching it: no use taken, nothing written, nothing deleted (docs/design.md,
+"Command line" and "HTTP (tokencli serve)")."""
 
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ class Presented(NamedTuple):
 
 
 class TokenChecker(TokenReader):
-    """Check tokens; every check appends one audit event in its own transaction.
+    """Check tokens; every check appends one audit event, in the transaction that takes
+    its use.
 
     `open` needs write access (a check records its use and its event) but creates no
     database: on a missing one every well-formed token is `unknown`.
