@@ -561,7 +561,7 @@ def test_without_psycopg_a_url_exits_3_saying_what_to_install(
             env=env,
         )
         assert result.returncode == 3, (args, result.stderr)
-        assert "install 'tokencli[postgres]'" in result.stderr
+        assert "pip install '.[postgres]'" in result.stderr
         assert result.stderr.count("\n") == 1
         no_traceback(result.stderr)
     # The rest of tokencli works without it.
