@@ -126,7 +126,9 @@ if INSTALLED:
             return result
 
 
-def _storage_error(error: psycopg.Error, info: conninfo.ConnInfo, *, lost: bool) -> StorageError:
+def _storage_error(
+    error: psycopg.Error, info: conninfo.ConnInfo, *, lost: bool, unanswered: bool = False
+) -> StorageError:
     """An operator's message for a psycopg error (never holding a password)."""
     where = info.shown
     reason = _reason(error, info.secrets)
@@ -134,7 +136,7 @@ def _storage_error(error: psycopg.Error, info: conninfo.ConnInfo, *, lost: bool)
     if state == "23505" and error.diag.constraint_name == "tokens_pkey":
         # Only insert_tokens can break the key: insert_missing says ON CONFLICT DO NOTHING.
         return IdCollisionError("a generated token ID is already taken")
-    if isinstance(error, Unanswered):
+    if unanswered or isinstance(error, Unanswered):
         return StorageError(
             f"no answer from the database at {where} within {info.deadline_seconds or 0:g}s"
             " (statement_timeout and a grace): gave up on that connection"
@@ -256,7 +258,8 @@ class PostgresConnection:
         try:
             yield
         except psycopg.Error as error:
-            lost = self._connection.broken or self._connection.gave_up
+            unanswered = self._connection.gave_up
+            lost = self._connection.broken or unanswered
             if lost:
                 # After a wait ran out nobody knows where the protocol stands: close it so
                 # the server (once it answers again) rolls back whatever was open.
@@ -264,7 +267,7 @@ class PostgresConnection:
                 if self._on_lost is not None:
                     on_lost, self._on_lost = self._on_lost, None
                     on_lost()
-            raise _storage_error(error, self._info, lost=lost) from None
+            raise _storage_error(error, self._info, lost=lost, unanswered=unanswered) from None
 
     def _execute(self, query: Statement, params: Params = None) -> psycopg.Cursor[Any]:
         """Run one statement: in the open block, after whatever is pending there; outside
