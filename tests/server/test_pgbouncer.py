@@ -16,7 +16,9 @@ import psycopg
 import pytest
 from replicas import Replica, race_single_use_tokens
 
-from pg_cluster import PgBouncer
+from tokencli.store.postgres.backend import open_postgres
+
+from pg_cluster import PgBouncer, PgCluster
 from support import needs_executable, tokencli
 
 pytestmark = [needs_executable, pytest.mark.slow, pytest.mark.interop]
@@ -63,6 +65,28 @@ def test_two_replicas_behind_pgbouncer_grant_each_single_use_token_once(
     assert json.loads(shown.stdout)["uses_left"] == 100 - 80 - 4
     assert (first.stop(), second.stop()) == (0, 0)
     assert "error" not in first.log().lower() + second.log().lower()
+
+
+def test_a_pooler_is_noticed_and_nothing_is_prepared_behind_it(
+    pgbouncer: PgBouncer, postgres_cluster: PgCluster, postgres_schema: str
+) -> None:
+    pooled = open_postgres(pgbouncer.url(), create=True)
+    direct = open_postgres(postgres_cluster.url(), create=True)
+    assert pooled is not None and direct is not None
+    try:
+        assert pooled._connection.pooled and pooled._connection.prepare_threshold is None
+        assert not direct._connection.pooled and direct._connection.prepare_threshold == 5
+        for _ in range(10):  # past the threshold: a direct connection prepares, no other
+            pooled.get("nope"), direct.get("nope")
+        prepared = "SELECT count(*) FROM pg_catalog.pg_prepared_statements"
+        assert direct._connection.execute(prepared).fetchone() != (0,)
+        # Through the pooler this asks whichever server connection is free: none of them
+        # holds one (the pool has two, and this store is the only client).
+        for _ in range(4):
+            assert pooled._connection.execute(prepared).fetchone() == (0,)
+    finally:
+        pooled.close()
+        direct.close()
 
 
 def test_the_cli_behind_pgbouncer(pgbouncer: PgBouncer, postgres_schema: str) -> None:

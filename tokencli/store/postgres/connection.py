@@ -13,8 +13,8 @@ hand each transaction to another server connection:
 - Every statement runs in a transaction that starts by pinning the search path and the
   timeouts (`set_config(..., true)`, i.e. SET LOCAL): a statement outside any block
   travels as BEGIN, the settings, the statement and COMMIT in one pipeline.
-- No server-side prepared statements (`prepare_threshold=None`), and savepoints only
-  inside the explicit transaction of a block.
+- No server-side prepared statements behind a pooler (`connect` tells), and savepoints
+  only inside the explicit transaction of a block.
 
 Round trips decide the speed here, not the statements: every statement the client waits
 for costs a network round trip. So BEGIN, the settings, SAVEPOINT and RELEASE are not
@@ -58,6 +58,7 @@ else:
 NOT_INSTALLED = "PostgreSQL support is not installed: pip install '.[postgres]' (psycopg 3)"
 
 _ITER_SIZE = 2000  # rows per FETCH when streaming
+PREPARE_THRESHOLD = 5  # psycopg's default: prepare a statement on its 5th run
 
 T = TypeVar("T")
 RV = TypeVar("RV")
@@ -101,6 +102,7 @@ if INSTALLED:
 
         patience: float | None = None
         gave_up = False
+        pooled = False  # a pooler between us and the server (see `connect`)
 
         def wait(self, gen: PQGen[RV], *args: Any, **kwargs: Any) -> RV:
             if self.gave_up:
@@ -184,7 +186,12 @@ def _reason(error: BaseException, secrets: Sequence[str]) -> str:
 def connect(info: conninfo.ConnInfo) -> _BoundedConnection:
     """A new autocommit connection; libpq reads the URL, PG* variables and .pgpass itself.
 
-    connect_timeout bounds each host tried (psycopg keeps that clock itself).
+    connect_timeout bounds each host tried (psycopg keeps that clock itself). Statements
+    are prepared on the server (psycopg's default: from a statement's 5th run) only when
+    nothing stands between us and the server: a pooler in transaction mode may run the
+    next transaction on another server connection, where the statement does not exist.
+    A pooler shows itself by answering the startup with a cancel key of its own, whose
+    process ID is not the server's.
     """
     _require_psycopg()
     try:
@@ -195,6 +202,15 @@ def connect(info: conninfo.ConnInfo) -> _BoundedConnection:
         reason = _reason(error, info.secrets)
         raise StorageError(f"cannot connect to the database at {info.shown}: {reason}") from None
     connection.patience = info.deadline_seconds
+    try:
+        row = connection.execute("SELECT pg_catalog.pg_backend_pid()").fetchone()
+    except psycopg.Error as error:
+        connection.close()
+        reason = _reason(error, info.secrets)
+        raise StorageError(f"cannot connect to the database at {info.shown}: {reason}") from None
+    connection.pooled = row is None or row[0] != connection.info.backend_pid
+    if not connection.pooled:
+        connection.prepare_threshold = PREPARE_THRESHOLD
     return connection
 
 
