@@ -168,6 +168,33 @@ def test_a_replica_killed_under_load_loses_no_answered_use_and_no_issued_token(
     assert survivor.stop() == 0
 
 
+def test_what_one_replica_writes_the_other_reads_at_once(
+    postgres_url: str, replicas: Callable[..., Replica]
+) -> None:
+    # No replica keeps anything of its own: each request reads the database, so an ID
+    # issued on A validates on B at once, and a revoke on A is seen by B's next request.
+    a, b = replicas(postgres_url, "--quiet"), replicas(postgres_url, "--quiet")
+    on_a = HTTPConnection("127.0.0.1", a.port, timeout=60)
+    on_b = HTTPConnection("127.0.0.1", b.port, timeout=60)
+    try:
+        for round_number in range(50):
+            status, issued = exchange(on_a, "POST", "/app/token", b'{"ttl": "1h", "uses": 3}')
+            assert status == 200, issued
+            token, token_id = issued["token"], issued["token"].split(":")[0]
+            status, verdict = exchange(on_b, "GET", f"/app/valid/{token}")
+            assert (status, verdict["status"]) == (200, True), (round_number, verdict)
+            status, _ = exchange(on_a, "DELETE", f"/app/tokens/{token_id}")
+            assert status == 200
+            status, verdict = exchange(on_b, "GET", f"/app/valid/{token}")
+            assert (status, verdict["status"]) == (200, False), (round_number, verdict)
+            status, shown = exchange(on_b, "GET", f"/app/tokens/{token_id}")
+            assert (status, shown["uses_left"]) == (200, 2), shown  # B's check took one use
+    finally:
+        on_a.close()
+        on_b.close()
+    assert (a.stop(), b.stop()) == (0, 0)
+
+
 # -- migrations ----------------------------------------------------------------------------
 
 
