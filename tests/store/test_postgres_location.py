@@ -18,6 +18,7 @@ from tokencli.domain.errors import StorageError
 from tokencli.domain.location import Location
 from tokencli.store.factory import shown as shown_location
 from tokencli.store.postgres import conninfo
+from tokencli.store.postgres.backend import open_postgres
 
 # Passwords as people make them: anything printable, with the characters URLs treat
 # specially well represented.
@@ -219,3 +220,36 @@ def test_libpq_parameters_get_defaults_only_where_the_url_sets_none() -> None:
     ).connect_options
     assert "connect_timeout" not in own and "tcp_user_timeout" not in own
     assert "keepalives" not in own
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://someone:refused-sesame@127.0.0.1:1/tokens?connect_timeout=2",
+            "postgresql://someone:***@127.0.0.1:1/tokens?connect_timeout=2",
+        ),
+        (
+            "postgresql://someone@127.0.0.1:1/tokens?password=refused-sesame&connect_timeout=2",
+            "postgresql://someone:***@127.0.0.1:1/tokens?connect_timeout=2",
+        ),
+        # libpq echoes bad encoding: such a URL is not shown at all
+        ("postgresql://someone:refused%zzsesame@localhost/tokens", "it is not shown"),
+        (
+            "postgresql://someone:refused-sesame@/tokens?host=/nonexistent/folder",
+            "postgresql://someone:***@/tokens?host=/nonexistent/folder",
+        ),
+        # a raw @ in a password: libpq would take the rest for the host
+        ("postgresql://someone:refused@sesame@localhost/tokens", "percent-encode @ as %40"),
+    ],
+    ids=["refused", "query-password", "bad-percent-encoding", "no-socket", "raw-at"],
+)
+def test_unreachable_databases_are_storage_errors_without_the_password(
+    url: str, shown: str
+) -> None:
+    with pytest.raises(StorageError) as caught:
+        open_postgres(url, create=True)
+    message = str(caught.value)
+    assert "sesame" not in message
+    assert shown in message
+    assert "\n" not in message

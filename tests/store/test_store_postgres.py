@@ -516,39 +516,6 @@ def test_a_wrong_password_is_a_storage_error_that_never_shows_it(
     assert caught.value.exit_status == 3
 
 
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        (
-            "postgresql://someone:refused-sesame@127.0.0.1:1/tokens?connect_timeout=2",
-            "postgresql://someone:***@127.0.0.1:1/tokens?connect_timeout=2",
-        ),
-        (
-            "postgresql://someone@127.0.0.1:1/tokens?password=refused-sesame&connect_timeout=2",
-            "postgresql://someone:***@127.0.0.1:1/tokens?connect_timeout=2",
-        ),
-        # libpq echoes bad encoding: such a URL is not shown at all
-        ("postgresql://someone:refused%zzsesame@localhost/tokens", "it is not shown"),
-        (
-            "postgresql://someone:refused-sesame@/tokens?host=/nonexistent/folder",
-            "postgresql://someone:***@/tokens?host=/nonexistent/folder",
-        ),
-        # a raw @ in a password: libpq would take the rest for the host
-        ("postgresql://someone:refused@sesame@localhost/tokens", "percent-encode @ as %40"),
-    ],
-    ids=["refused", "query-password", "bad-percent-encoding", "no-socket", "raw-at"],
-)
-def test_unreachable_databases_are_storage_errors_without_the_password(
-    url: str, shown: str
-) -> None:
-    with pytest.raises(StorageError) as caught:
-        open_postgres(url, create=True)
-    message = str(caught.value)
-    assert "sesame" not in message
-    assert shown in message
-    assert "\n" not in message
-
-
 def test_a_lost_connection_is_a_storage_error_and_stays_one(
     store: PostgresStore, admin: psycopg.Connection[Any]
 ) -> None:
