@@ -172,11 +172,10 @@ class PostgresSchema:
 
     @contextlib.contextmanager
     def hold_write_lock(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        from tokencli.store.postgres import connection as postgres_connection
+        from tokencli.store.postgres import conninfo
 
-        monkeypatch.setattr(
-            postgres_connection, "_SET_LOCK_TIMEOUT", "SET LOCAL lock_timeout = '200ms'"
-        )
+        # tokencli's default when the URL's options set none, read when a store opens.
+        monkeypatch.setattr(conninfo, "LOCK_TIMEOUT", "200ms")
         with self._connect() as holder, holder.transaction():
             # Reads go on; every insert, update and delete of a token waits.
             holder.execute("LOCK TABLE tokens IN EXCLUSIVE MODE")

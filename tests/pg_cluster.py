@@ -12,6 +12,12 @@ Load it from conftest.py with `pytest_plugins = ["pg_cluster"]`. Fixtures:
   `postgres_schema`.
 - `own_postgres_cluster` (function): a second cluster of the test's own, for a test that
   stops and starts PostgreSQL (`stop_fast`, `start_again`) without disturbing the rest.
+- `make_cluster` (function): clusters with settings of the test's own (`PgCluster.standby`
+  makes a streaming standby of one with pg_basebackup; `promote`, `crash`); all stopped
+  and removed at the end.
+- `pgbouncer` (session): a PgBouncer in transaction pooling mode in front of the session's
+  cluster, on a Unix socket of its own (`PgBouncer.url`). Missing PgBouncer: the tests
+  that use it skip, or fail under CI=true (support.component).
 
 PostgreSQL refuses to run as root, and the suite runs as root (CI too): then initdb and
 postgres run as the `postgres` user that Debian's package creates, in a folder given to it.
@@ -25,9 +31,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -55,10 +63,24 @@ def find_bindir() -> Path | None:
 
 
 class PgCluster:
-    """A running throwaway cluster: its binaries, its folder, and URLs to reach it."""
+    """A running throwaway cluster: its binaries, its folder, and URLs to reach it.
 
-    def __init__(self, bindir: Path) -> None:
+    `settings` are added to postgresql.conf (after ours, so they win); `hba` lines go
+    before the trust line; `netns` runs the server inside that network namespace.
+    """
+
+    def __init__(
+        self,
+        bindir: Path,
+        *,
+        settings: dict[str, str] | None = None,
+        hba: list[str] | None = None,
+        netns: str | None = None,
+    ) -> None:
         self.bindir = bindir
+        self.settings = settings or {}
+        self.hba = hba or []
+        self._netns: list[str] = ["ip", "netns", "exec", netns] if netns else []
         # As root, run the binaries as the service user; otherwise as ourselves.
         self._as_user: list[str] = []
         if os.geteuid() == 0:
@@ -83,7 +105,11 @@ class PgCluster:
 
     def _run(self, *command: str) -> None:
         result = subprocess.run(
-            [*self._as_user, *command], capture_output=True, text=True, check=False
+            [*self._netns, *self._as_user, *command],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
         )
         if result.returncode != 0:
             raise RuntimeError(
@@ -113,12 +139,16 @@ class PgCluster:
             "synchronous_commit": "off",
             "max_connections": "100",
             "shared_buffers": "32MB",
+            **self.settings,
         }
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-        # One role must authenticate, so a test can meet a wrong password; the rest trust.
+        # One role must authenticate, so a test can meet a wrong password; the rest trust
+        # (replication too, for a standby made from this cluster).
         (self.data / "pg_hba.conf").write_text(
-            f"local all {PASSWORD_ROLE} scram-sha-256\nlocal all all trust\n"
+            f"local all {PASSWORD_ROLE} scram-sha-256\n"
+            + "".join(f"{line}\n" for line in self.hba)
+            + "local all all trust\nlocal replication all trust\n"
         )
         self.start_again()
         with psycopg.connect(self.url(), autocommit=True) as admin:
@@ -150,6 +180,31 @@ class PgCluster:
             log = self.log.read_text() if self.log.exists() else "(no server log)"
             raise RuntimeError(f"{error}\nserver log:\n{log}") from None
         self.started = True
+
+    @classmethod
+    def standby(cls, primary: PgCluster, name: str, **settings: str) -> PgCluster:
+        """A hot standby streaming from `primary` (pg_basebackup -R), started; its
+        `application_name` is `name` (for synchronous_standby_names)."""
+        standby = cls(primary.bindir)
+        source = f"host={primary.folder} user={SERVICE_USER} application_name={name}"
+        standby._run(
+            str(primary.bindir / "pg_basebackup"),
+            *("-D", str(standby.data), "-d", source, "-R", "--no-sync", "-X", "stream"),
+        )
+        own = {"unix_socket_directories": f"'{standby.folder}'", **settings}
+        with (standby.data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in own.items())
+        standby.start_again()
+        return standby
+
+    def promote(self) -> None:
+        """Make a standby the primary, waiting until it accepts writes."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "promote")
+
+    def crash(self) -> None:
+        """Stop at once, as a crash would (`-m immediate`: no checkpoint, sessions cut)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        self.started = False
 
     def stop_fast(self) -> None:
         """Stop the server as an operator would (`-m fast`: sessions are disconnected)."""
@@ -232,3 +287,108 @@ def own_postgres_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., PgCluster]]:
+    """Start clusters of the test's own (`PgCluster` keywords; `standby_of=` makes a
+    streaming standby of another); every one is stopped and removed at the end."""
+    made: list[PgCluster] = []
+    bindir = _bindir_or_skip()
+
+    def make(
+        *, standby_of: PgCluster | None = None, name: str = "standby1", **kwargs: Any
+    ) -> PgCluster:
+        if standby_of is not None:
+            cluster = PgCluster.standby(standby_of, name, **kwargs)
+            made.append(cluster)
+            return cluster
+        cluster = PgCluster(bindir, **kwargs)
+        made.append(cluster)
+        cluster.start()
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in reversed(made):
+            cluster.stop()
+
+
+class PgBouncer:
+    """PgBouncer in front of a cluster, in transaction pooling mode, on a Unix socket of its
+    own: a small pool, so clients share server connections as they do in production."""
+
+    PORT = 6432
+
+    def __init__(self, executable: str, cluster: PgCluster, *, pool_size: int = 2) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="tokencli-pgb-", dir="/tmp"))
+        self.log = self.folder / "pgbouncer.log"
+        settings = {
+            "listen_addr": "",  # no TCP: the socket in `folder` only
+            "listen_port": str(self.PORT),
+            "unix_socket_dir": str(self.folder),
+            "auth_type": "trust",
+            "auth_file": str(self.folder / "users.txt"),
+            "pool_mode": "transaction",
+            "default_pool_size": str(pool_size),
+            "max_client_conn": "200",
+            "logfile": str(self.log),
+            "admin_users": SERVICE_USER,
+        }
+        (self.folder / "users.txt").write_text(f'"{SERVICE_USER}" ""\n')
+        (self.folder / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={cluster.folder} port=5432\n"
+            "[pgbouncer]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items())
+        )
+        as_user: list[str] = []
+        if os.geteuid() == 0:
+            runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+            assert runuser is not None
+            as_user = [runuser, "-u", SERVICE_USER, "--"]
+            shutil.chown(self.folder, user=SERVICE_USER)
+            for path in self.folder.iterdir():
+                shutil.chown(path, user=SERVICE_USER)
+        self.process = subprocess.Popen(
+            [*as_user, executable, str(self.folder / "pgbouncer.ini")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        socket = self.folder / f".s.PGSQL.{self.PORT}"
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"pgbouncer did not start:\n{self.log_text()}")
+            time.sleep(0.02)
+
+    def url(self, dbname: str = "postgres", user: str = SERVICE_USER) -> str:
+        """A URL to the cluster through PgBouncer."""
+        return f"postgresql://{user}@/{dbname}?host={self.folder}&port={self.PORT}"
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else "(no log)"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_cluster: PgCluster) -> Iterator[PgBouncer]:
+    """PgBouncer (transaction pooling) in front of the session's cluster."""
+    from support import component
+
+    bouncer = PgBouncer(component("pgbouncer", package="pgbouncer"), postgres_cluster)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from tokencli.cli.app import app
 from tokencli.domain.location import Location
 from tokencli.service.service import TokenService
+from tokencli.store.factory import shown
 
 from databases import RawDatabase
 from support import Clock
@@ -34,7 +35,7 @@ def test_stats_counts(
     assert counts.next_expiry == live.info.expires_at
     assert (counts.audit_events, counts.oldest_event) == (7, live.info.created_at)
     # Where the data is, as it may be printed: the file, or the URL (password as ***).
-    assert report.database == location.shown
+    assert report.database == shown(location)
     assert report.size_bytes is not None and empty_size is not None
     assert report.size_bytes >= empty_size > 0
     if location.path is not None:
@@ -44,7 +45,7 @@ def test_stats_counts(
 def test_stats_command(runner: CliRunner, location: Location) -> None:
     runner.invoke(app, ["issue", "--count", "3"])
     body = json.loads(runner.invoke(app, ["stats", "--json"]).stdout)
-    assert body["live"] == 3 and body["database"] == location.shown
+    assert body["live"] == 3 and body["database"] == shown(location)
     assert body["next_expiry"].endswith("Z")
     assert body["size_bytes"] > 0
     assert body["audit_events"] == 3 and body["oldest_event"].endswith("Z")
@@ -62,7 +63,7 @@ def test_stats_command(runner: CliRunner, location: Location) -> None:
     plain = runner.invoke(app, ["stats"]).stdout
     assert "audit_events\t3" in plain.splitlines()
     assert plain.splitlines()[0] == "live\t3"
-    assert f"database\t{location.shown}" in plain.splitlines()
+    assert f"database\t{shown(location)}" in plain.splitlines()
     assert "\x1b" not in plain
 
 

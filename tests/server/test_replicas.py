@@ -19,14 +19,22 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.client import HTTPConnection, HTTPException
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
+from replicas import (
+    Replica,
+    audit_json,
+    check_json,
+    exchange,
+    no_traceback,
+    race_single_use_tokens,
+    wait_for,
+)
 
 from tokencli.domain.location import Location
 from tokencli.service.service import TokenService
@@ -36,82 +44,9 @@ from tokencli.store.sqlite.queries import SQLiteStore
 
 from databases import PostgresSchema
 from pg_cluster import PASSWORD, PASSWORD_ROLE, PgCluster
-from support import EXECUTABLE, Client, Clock, needs_executable, tokencli
+from support import EXECUTABLE, Clock, needs_executable, tokencli
 
 pytestmark = [needs_executable, pytest.mark.slow]
-
-START_SECONDS = 30  # for a replica to say where it listens
-
-
-def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
-    """Poll `condition` until it returns something true; fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
-        time.sleep(0.01)
-
-
-class Replica:
-    """`tokencli --db DB serve --port 0 ARGS` in a subprocess; its stderr goes to a file (a
-    pipe nobody reads would fill up and stall the server)."""
-
-    def __init__(self, log: Path, db: str, *args: str, env: dict[str, str] | None = None) -> None:
-        assert EXECUTABLE is not None, "tokencli is not installed"
-        self.log_path = log
-        with log.open("w") as sink:
-            self.process = subprocess.Popen(
-                [EXECUTABLE, "--db", db, "serve", "--port", "0", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=sink,
-                env=env,
-            )
-        try:
-            found = wait_for(self._listening, START_SECONDS, f"{log.name}: listening on")
-        except BaseException:
-            self.process.kill()
-            self.process.wait(timeout=30)
-            raise
-        self.port = int(found.group(1))
-        self.client = Client(self.port)
-
-    def _listening(self) -> re.Match[str] | None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"serve exited {self.process.returncode}:\n{self.log()}")
-        return re.search(r"^listening on http://127\.0\.0\.1:(\d+)$", self.log(), re.MULTILINE)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> int:
-        """SIGTERM, as a supervisor stops it; its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
-    """Start replicas; any still running when the test ends is killed."""
-    started: list[Replica] = []
-
-    def start(db: str, *args: str, env: dict[str, str] | None = None) -> Replica:
-        replica = Replica(tmp_path / f"serve-{len(started)}.log", db, *args, env=env)
-        started.append(replica)
-        return replica
-
-    yield start
-    for replica in started:
-        replica.kill()
 
 
 @pytest.fixture
@@ -120,92 +55,15 @@ def pg(postgres_cluster: PgCluster, postgres_url: str, postgres_schema: str) -> 
     return PostgresSchema(postgres_cluster, postgres_url, postgres_schema)
 
 
-def exchange(
-    connection: HTTPConnection, method: str, path: str, body: bytes | None = None
-) -> tuple[int, Any]:
-    """One request on a kept-alive connection: status and JSON body."""
-    connection.request(method, path, body=body)
-    response = connection.getresponse()
-    return response.status, json.loads(response.read())
-
-
-def check_json(url: str, token: str) -> dict[str, Any]:
-    result = tokencli("--db", url, "check", "--json", token)
-    assert result.returncode in (0, 1), result.stderr
-    body: dict[str, Any] = json.loads(result.stdout)
-    return body
-
-
-def audit_json(url: str) -> list[dict[str, Any]]:
-    result = tokencli("--db", url, "audit", "--json", "--limit", "1000000")
-    assert result.returncode == 0, result.stderr
-    events: list[dict[str, Any]] = json.loads(result.stdout)
-    return events
-
-
-def no_traceback(text: str) -> None:
-    assert "Traceback" not in text, text
-
-
 # -- races and crashes ----------------------------------------------------------------------
 
 
 def test_two_replicas_grant_each_single_use_token_exactly_once(
     postgres_url: str, replicas: Callable[..., Replica]
 ) -> None:
-    issued = tokencli("--db", postgres_url, "issue", "--count", "2000", "--uses", "1")
-    assert issued.returncode == 0, issued.stderr
-    tokens = issued.stdout.split()
-    assert len(tokens) == 2000
     first = replicas(postgres_url, "--quiet")
     second = replicas(postgres_url, "--quiet")
-    # Eight keep-alive clients, four on each replica. Token i goes to the four clients of
-    # its parity, two on each replica; all walk the tokens in the same order, so the four
-    # presentations of a token arrive together, on both replicas.
-    ports = [first.port] * 4 + [second.port] * 4
-    answers: list[list[tuple[str, int, Any]]] = [[] for _ in ports]
-    failures: list[BaseException] = []
-    go = threading.Barrier(len(ports), timeout=120)
-
-    def present(client: int) -> None:
-        connection = HTTPConnection("127.0.0.1", ports[client], timeout=60)
-        try:
-            for position, token in enumerate(tokens[client % 2 :: 2]):
-                if position % 50 == 0:
-                    go.wait()  # every 50 tokens the eight start again together: the
-                    # clients of a loaded replica never fall behind for the rest of the run
-                status, body = exchange(connection, "GET", f"/app/valid/{token}")
-                answers[client].append((token, status, body.get("status")))
-        except BaseException as error:  # reported below: a thread must not die silently
-            failures.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=present, args=(n,)) for n in range(len(ports))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not failures, failures
-    flat = [answer for per_client in answers for answer in per_client]
-    assert len(flat) == 8000
-    assert {status for _, status, _ in flat} == {200}
-    granted = Counter(token for token, _, verdict in flat if verdict is True)
-    assert sum(granted.values()) == 2000
-    assert set(granted) == set(tokens)  # each token once: none twice, none never
-    assert sum(1 for _, _, verdict in flat if verdict is False) == 6000
-    # Both replicas granted some: the race was real.
-    per_replica = Counter(
-        ports[client] for client, per_client in enumerate(answers) for a in per_client if a[2]
-    )
-    assert per_replica[first.port] > 0 and per_replica[second.port] > 0
-
-    outcomes = Counter(
-        (event["outcome"], event["source"])
-        for event in audit_json(postgres_url)
-        if event["action"] == "check"
-    )
-    assert outcomes == {("valid", "http"): 2000, ("used_up", "http"): 6000}
+    race_single_use_tokens(postgres_url, first, second, 2000)
     assert EXECUTABLE is not None
     used_up = subprocess.run(
         f"{shlex.quote(EXECUTABLE)} --db {shlex.quote(postgres_url)}"
@@ -308,6 +166,33 @@ def test_a_replica_killed_under_load_loses_no_answered_use_and_no_issued_token(
             shown = service.show(token)
             assert (shown.state, shown.uses_left) == ("valid", 5)
     assert survivor.stop() == 0
+
+
+def test_what_one_replica_writes_the_other_reads_at_once(
+    postgres_url: str, replicas: Callable[..., Replica]
+) -> None:
+    # No replica keeps anything of its own: each request reads the database, so an ID
+    # issued on A validates on B at once, and a revoke on A is seen by B's next request.
+    a, b = replicas(postgres_url, "--quiet"), replicas(postgres_url, "--quiet")
+    on_a = HTTPConnection("127.0.0.1", a.port, timeout=60)
+    on_b = HTTPConnection("127.0.0.1", b.port, timeout=60)
+    try:
+        for round_number in range(50):
+            status, issued = exchange(on_a, "POST", "/app/token", b'{"ttl": "1h", "uses": 3}')
+            assert status == 200, issued
+            token, token_id = issued["token"], issued["token"].split(":")[0]
+            status, verdict = exchange(on_b, "GET", f"/app/valid/{token}")
+            assert (status, verdict["status"]) == (200, True), (round_number, verdict)
+            status, _ = exchange(on_a, "DELETE", f"/app/tokens/{token_id}")
+            assert status == 200
+            status, verdict = exchange(on_b, "GET", f"/app/valid/{token}")
+            assert (status, verdict["status"]) == (200, False), (round_number, verdict)
+            status, shown = exchange(on_b, "GET", f"/app/tokens/{token_id}")
+            assert (status, shown["uses_left"]) == (200, 2), shown  # B's check took one use
+    finally:
+        on_a.close()
+        on_b.close()
+    assert (a.stop(), b.stop()) == (0, 0)
 
 
 # -- migrations ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from tokencli.domain.location import Location, database_location
 from tokencli.service.checking import TokenChecker
 from tokencli.service.reader import TokenReader
 from tokencli.service.service import TokenService
+from tokencli.store.factory import shown
 
 # Which module defines each command, so `main()` imports just that one.
 COMMAND_MODULES = {
@@ -149,7 +150,7 @@ def _note_if_missing(opened: TokenReader, ctx: typer.Context) -> None:
     # Exit 0 with a note rather than exit 3: a script that lists or checks before the
     # first token is issued works, and a mistyped --db is still seen (docs/design.md).
     if not opened.database_exists:
-        note(f"no database at {location_of(ctx).shown} yet; read as empty")
+        note(f"no database at {shown(location_of(ctx))} yet; read as empty")
 
 
 def parse_duration_option(text: str) -> int:

@@ -121,7 +121,15 @@ class _Collector:
             "tokencli_open_connections", "Client connections open.", value=counts.open_connections
         )
         for name, figure in sorted(self._gauges().items()):
-            yield GaugeMetricFamily(f"tokencli_store_{name}", f"Store figure {name}.", value=figure)
+            if name.endswith("_total"):  # a count that only grows: a counter, not a gauge
+                counted = name.removesuffix("_total")
+                yield CounterMetricFamily(
+                    f"tokencli_store_{counted}", f"Store count {counted}.", value=figure
+                )
+            else:
+                yield GaugeMetricFamily(
+                    f"tokencli_store_{name}", f"Store figure {name}.", value=figure
+                )
 
 
 class Exposition:

@@ -224,5 +224,6 @@ class Backend(Protocol):
         """Stop background upkeep and wait for it."""
 
     def gauges(self) -> dict[str, float]:
-        """Backend figures for metrics, e.g. {"wal_bytes": 123.0}; empty when none."""
+        """Backend figures for metrics, e.g. {"wal_bytes": 123.0}; empty when none. A name
+        ending in `_total` is a count that only grows (exposed as a counter)."""
         ...

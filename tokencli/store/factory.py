@@ -10,7 +10,21 @@ from __future__ import annotations
 from tokencli.domain.location import Location
 from tokencli.store.base import Backend, IdCollisionError, Store
 
-__all__ = ["Backend", "IdCollisionError", "Store", "open_backend", "open_store"]
+__all__ = ["Backend", "IdCollisionError", "Store", "open_backend", "open_store", "shown"]
+
+
+def shown(location: Location) -> str:
+    """The location as it may be printed: a path, or a URL as libpq reads it with its
+    password (and any other secret field) shown as ***."""
+    if location.url is None:
+        return str(location.path)
+    from tokencli.store.postgres.connection import INSTALLED
+
+    if not INSTALLED:  # only libpq can say what is a password: show nothing of the URL
+        return "a PostgreSQL URL (not shown: psycopg is not installed)"
+    from tokencli.store.postgres.conninfo import shown as shown_url
+
+    return shown_url(location.url)
 
 
 def open_store(location: Location, *, create: bool, read_only: bool = False) -> Store:
@@ -21,7 +35,7 @@ def open_store(location: Location, *, create: bool, read_only: bool = False) -> 
     may read but not write is fine.
     """
     if location.url is not None:
-        from tokencli.store.postgres.queries import open_postgres
+        from tokencli.store.postgres.backend import open_postgres
         from tokencli.store.sqlite.queries import SQLiteStore
 
         store = open_postgres(location.url, create=create)
@@ -35,7 +49,7 @@ def open_store(location: Location, *, create: bool, read_only: bool = False) -> 
 def open_backend(location: Location) -> Backend:
     """Open the database at `location` for `serve` (created or migrated if needed)."""
     if location.url is not None:
-        from tokencli.store.postgres.queries import PostgresBackend
+        from tokencli.store.postgres.backend import PostgresBackend
 
         return PostgresBackend(location.url)
     from tokencli.store.sqlite.backend import SQLiteBackend

@@ -1,41 +1,49 @@
 """One connection to tokencli's schema in a PostgreSQL database: transactions, savepoints,
-the group-commit batch, deferred statements, streams, and psycopg's errors turned into
-messages for the operator (never holding a password).
+the group-commit batch, deferred statements, streams, bounded waits, and psycopg's errors
+turned into messages for the operator (never holding a password).
 
 The queries are in queries.py (`PostgresStore` extends `PostgresConnection`); the schema
-and migrations in postgres/schema.py. These are the only modules that import psycopg;
-tokencli imports them only for a postgresql:// location, and without psycopg it says how
-to install it.
+and migrations in postgres/schema.py; the location and its bounds in conninfo.py. These
+are the only modules that import psycopg; tokencli imports them only for a postgresql://
+location, and without psycopg it says how to install it.
+
+Nothing here relies on session state, so a pooler in transaction mode (PgBouncer) may
+hand each transaction to another server connection:
+
+- Every statement runs in a transaction that starts by pinning the search path and the
+  timeouts (`set_config(..., true)`, i.e. SET LOCAL): a statement outside any block
+  travels as BEGIN, the settings, the statement and COMMIT in one pipeline.
+- No server-side prepared statements behind a pooler (`connect` tells), and savepoints
+  only inside the explicit transaction of a block.
 
 Round trips decide the speed here, not the statements: every statement the client waits
-for costs a network round trip. So:
+for costs a network round trip. So BEGIN, the settings, SAVEPOINT and RELEASE are not
+sent when asked for; they wait in `_pending` and leave in one pipeline with the next
+statement (or the COMMIT). A block that runs no statement costs nothing. Audit events
+recorded in the outermost block also wait, and leave with the COMMIT.
 
-- The connection runs in autocommit mode: a read outside a transaction is one round trip,
-  and no idle connection ever sits inside an open transaction.
-- BEGIN, SAVEPOINT and RELEASE are not sent when asked for; they wait in `_pending` and
-  leave in one pipeline with the next statement (or the COMMIT). A block that runs no
-  statement costs nothing; a savepoint costs no round trip of its own.
-- Audit events recorded in the outermost block also wait, and leave with the COMMIT.
+Every wait on the server is bounded on the client too (`_BoundedConnection`): a stopped
+backend or a silently dropped network never answers, and statement_timeout is the
+server's own clock. Past the bound the connection is given up and closed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import re
-import urllib.parse
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 from tokencli.domain.errors import StorageError
-from tokencli.domain.location import redact_url
 from tokencli.store.base import IdCollisionError
 
 try:
     import psycopg
     from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.abc import PQGen
+
+    from tokencli.store.postgres import conninfo
 except ImportError:  # the optional extra is not installed: say so when a URL is used
     INSTALLED = False
 else:
@@ -52,20 +60,19 @@ NOT_INSTALLED = (
     "checkout (or pip install 'psycopg[binary]>=3.2' where tokencli is installed)"
 )
 
-CONNECT_TIMEOUT_SECONDS = 10
-
-# A write waits this long for a row another transaction holds, then fails (exit 3) rather
-# than hang: the same bound as SQLite's busy timeout. Set per transaction with SET LOCAL,
-# which every managed PostgreSQL and transaction pooler allows.
-LOCK_TIMEOUT_SECONDS = 10
-
 _ITER_SIZE = 2000  # rows per FETCH when streaming
+PREPARE_THRESHOLD = 5  # psycopg's default: prepare a statement on its 5th run
 
 T = TypeVar("T")
+RV = TypeVar("RV")
 
 _BEGIN = "BEGIN"
-
-_SET_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'"
+# One statement pins what a transaction relies on; SET LOCAL lasts until its end.
+_PIN = (
+    "SELECT pg_catalog.set_config('search_path', {}, true),"
+    " pg_catalog.set_config('statement_timeout', {}, true),"
+    " pg_catalog.set_config('lock_timeout', {}, true)"
+)
 
 
 def _require_psycopg() -> None:
@@ -73,45 +80,88 @@ def _require_psycopg() -> None:
         raise StorageError(NOT_INSTALLED)
 
 
-def _secrets_in(url: str) -> list[str]:
-    """The password of a URL as written and decoded, to scrub from any message.
-
-    Only for scrubbing: the URL itself goes to libpq untouched. libpq echoes some bad
-    input back (`invalid percent-encoded token: "..."`), password included.
-    """
-    found: list[str] = []
-    authority = re.match(r"^[a-z]+://([^/?#]*)@", url, re.IGNORECASE)
-    if authority is not None and ":" in authority.group(1):
-        found.append(authority.group(1).split(":", 1)[1])
-    found += re.findall(r"[?&]password=([^&#]*)", url, re.IGNORECASE)
-    decoded = [urllib.parse.unquote(secret) for secret in found]
-    # Very short strings would scrub half the message and hide nothing worth hiding.
-    return sorted({s for s in found + decoded if len(s) >= 3}, key=len, reverse=True)
+def pin_statement(search_path: str, statement_timeout: str, lock_timeout: str) -> str:
+    """The statement that starts every transaction: search path and timeouts, SET LOCAL."""
+    return (
+        sql.SQL(_PIN)
+        .format(sql.Literal(search_path), sql.Literal(statement_timeout), sql.Literal(lock_timeout))
+        .as_string(None)
+    )
 
 
-def _reason(error: BaseException, secrets: Sequence[str]) -> str:
-    """The error's own words on one line, with any password replaced by ***."""
-    diag = getattr(error, "diag", None)
-    text = (diag.message_primary if diag is not None else None) or str(error)
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    lines = [line.strip() for line in text.splitlines()]
-    return "; ".join(line for line in lines if line) or type(error).__name__
+if INSTALLED:
+
+    class Unanswered(psycopg.OperationalError):
+        """The server sent nothing back within the client's deadline."""
+
+    class _BoundedConnection(psycopg.Connection[Any]):
+        """A connection whose every wait on the server ends within `patience` seconds.
+
+        psycopg runs each operation as a generator and waits on the socket between its
+        steps, waking every 0.1 s when nothing arrives; the generator is wrapped so that
+        each step checks the deadline. After one wait ran out, the protocol state is
+        unknown: every later wait fails at once, and the owner closes the connection.
+        """
+
+        patience: float | None = None
+        gave_up = False
+        pooled = False  # a pooler between us and the server (see `connect`)
+
+        def wait(self, gen: PQGen[RV], *args: Any, **kwargs: Any) -> RV:
+            if self.gave_up:
+                raise Unanswered("the connection was given up")
+            if self.patience is None:
+                return super().wait(gen, *args, **kwargs)
+            return super().wait(_within(gen, self), *args, **kwargs)
+
+    def _within(gen: PQGen[RV], connection: _BoundedConnection) -> PQGen[RV]:
+        """`gen`, failing once `connection.patience` seconds have passed without its end."""
+        assert connection.patience is not None
+        deadline = time.monotonic() + connection.patience
+        try:
+            state = next(gen)
+            while True:
+                ready = yield state
+                state = gen.send(ready)
+                if time.monotonic() >= deadline:
+                    connection.gave_up = True
+                    raise Unanswered(f"no answer within {connection.patience:g}s")
+        except StopIteration as done:
+            result: RV = done.value
+            return result
 
 
 def _storage_error(
-    error: psycopg.Error, where: str, secrets: Sequence[str], *, lost: bool
+    error: psycopg.Error, info: conninfo.ConnInfo, *, lost: bool, unanswered: bool = False
 ) -> StorageError:
     """An operator's message for a psycopg error (never holding a password)."""
-    reason = _reason(error, secrets)
+    where = info.shown
+    reason = _reason(error, info.secrets)
     state = error.sqlstate or ""
     if state == "23505" and error.diag.constraint_name == "tokens_pkey":
         # Only insert_tokens can break the key: insert_missing says ON CONFLICT DO NOTHING.
         return IdCollisionError("a generated token ID is already taken")
+    if unanswered or isinstance(error, Unanswered):
+        return StorageError(
+            f"no answer from the database at {where} within {info.deadline_seconds or 0:g}s"
+            " (statement_timeout and a grace): gave up on that connection"
+        )
     if state == "55P03":
         return StorageError(
-            f"database at {where} stayed locked for over {LOCK_TIMEOUT_SECONDS}s;"
+            f"database at {where} stayed locked for over {info.lock_timeout} (lock_timeout);"
             " another process holds it (try again)"
+        )
+    if state == "57014":
+        return StorageError(
+            f"database at {where}: a statement ran past statement_timeout"
+            f" ({info.statement_timeout}) and was cancelled; if the data is that large,"
+            " raise it in the URL: options=-c%20statement_timeout%3D60s"
+        )
+    if state == "34000":
+        return StorageError(
+            f"database at {where} lost the cursor this listing reads ({reason}): behind a"
+            " pooler in transaction mode, run list and export against the database itself"
+            " or a session-mode pool"
         )
     if state in ("40001", "40P01"):
         return StorageError(
@@ -127,23 +177,44 @@ def _storage_error(
     return StorageError(f"cannot use the database at {where}: {reason}")
 
 
-def _connect(url: str) -> psycopg.Connection[Any]:
-    """A new autocommit connection; libpq reads the URL, PG* variables and .pgpass itself."""
+def _reason(error: BaseException, secrets: Sequence[str]) -> str:
+    """The error's own words on one line, with any password replaced by ***."""
+    diag = getattr(error, "diag", None)
+    text = (diag.message_primary if diag is not None else None) or str(error)
+    text = conninfo.scrub(text, tuple(secrets))
+    lines = [line.strip() for line in text.splitlines()]
+    return "; ".join(line for line in lines if line) or type(error).__name__
+
+
+def connect(info: conninfo.ConnInfo) -> _BoundedConnection:
+    """A new autocommit connection; libpq reads the URL, PG* variables and .pgpass itself.
+
+    connect_timeout bounds each host tried (psycopg keeps that clock itself). Statements
+    are prepared on the server (psycopg's default: from a statement's 5th run) only when
+    nothing stands between us and the server: a pooler in transaction mode may run the
+    next transaction on another server connection, where the statement does not exist.
+    A pooler shows itself by answering the startup with a cancel key of its own, whose
+    process ID is not the server's.
+    """
     _require_psycopg()
-    where, secrets = redact_url(url), _secrets_in(url)
-    options: dict[str, Any] = {"fallback_application_name": "tokencli"}
     try:
-        given = conninfo_to_dict(url)
+        connection = _BoundedConnection.connect(
+            info.url, autocommit=True, prepare_threshold=None, **info.connect_options
+        )
     except psycopg.Error as error:
-        reason = _reason(error, secrets)
-        raise StorageError(f"{where} is not a usable PostgreSQL URL: {reason}") from None
-    if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
-        options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+        reason = _reason(error, info.secrets)
+        raise StorageError(f"cannot connect to the database at {info.shown}: {reason}") from None
+    connection.patience = info.deadline_seconds
     try:
-        return psycopg.Connection.connect(url, autocommit=True, **options)
+        row = connection.execute("SELECT pg_catalog.pg_backend_pid()").fetchone()
     except psycopg.Error as error:
-        reason = _reason(error, secrets)
-        raise StorageError(f"cannot connect to the database at {where}: {reason}") from None
+        connection.close()
+        reason = _reason(error, info.secrets)
+        raise StorageError(f"cannot connect to the database at {info.shown}: {reason}") from None
+    connection.pooled = row is None or row[0] != connection.info.backend_pid
+    if not connection.pooled:
+        connection.prepare_threshold = PREPARE_THRESHOLD
+    return connection
 
 
 Params = Sequence[Any] | Mapping[str, Any] | None
@@ -156,8 +227,9 @@ class PostgresConnection:
 
     Use it from one thread at a time; `PostgresBackend.open_store` gives each thread its own.
     Every failure raises StorageError. After one that lost the connection (the server
-    restarted, the network dropped), this store stays unusable and every call raises
-    StorageError again: close it and open a new one (the server does).
+    restarted, the network dropped, no answer within the bound), this store stays unusable
+    and every call raises StorageError again: close it and open a new one (the server does).
+    `on_lost`, when given, is called once then (the backend counts it).
 
     `transaction()` is BEGIN ... COMMIT; nested in another block (as inside `batch()`) it
     is a savepoint: its failure rolls back that block alone and re-raises, and its changes
@@ -168,12 +240,19 @@ class PostgresConnection:
     fail and go on (its savepoint is free: it rides with the next statement).
     """
 
-    def __init__(self, connection: psycopg.Connection[Any], url: str, schema: str) -> None:
+    def __init__(
+        self,
+        connection: _BoundedConnection,
+        info: conninfo.ConnInfo,
+        schema: str,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self._connection = connection
-        self._location = redact_url(url)
-        self._secrets = _secrets_in(url)
+        self._info = info
         self._schema = schema
-        self._depth = 0  # blocks open: 0 = autocommit
+        self._on_lost = on_lost
+        self._pin = pin_statement(*info.transaction_settings())
+        self._depth = 0  # blocks open: 0 = none
         # Statements waiting to leave with the next one: (statement, parameters).
         self._pending: list[tuple[str, Params]] = []
         self._flushes = 0  # times statements left for the server, to tell a block untouched
@@ -181,8 +260,8 @@ class PostgresConnection:
 
     @property
     def location(self) -> str:
-        """The URL, its password shown as ***."""
-        return self._location
+        """The URL as it may be printed (rebuilt by libpq's reading, secrets as ***)."""
+        return self._info.shown
 
     @property
     def schema(self) -> str:
@@ -198,24 +277,53 @@ class PostgresConnection:
         try:
             yield
         except psycopg.Error as error:
-            raise _storage_error(
-                error, self._location, self._secrets, lost=self._connection.broken
-            ) from None
+            unanswered = self._connection.gave_up
+            lost = self._connection.broken or unanswered
+            if lost:
+                # After a wait ran out nobody knows where the protocol stands: close it so
+                # the server (once it answers again) rolls back whatever was open.
+                self._connection.close()
+                if self._on_lost is not None:
+                    on_lost, self._on_lost = self._on_lost, None
+                    on_lost()
+            raise _storage_error(error, self._info, lost=lost, unanswered=unanswered) from None
 
     def _execute(self, query: Statement, params: Params = None) -> psycopg.Cursor[Any]:
-        """Run one statement, preceded in the same round trip by whatever is pending."""
+        """Run one statement: in the open block, after whatever is pending there; outside
+        any block, in a pinned transaction of its own. One round trip either way."""
+        if self._depth == 0:
+            return self._alone(query, params)
+        return self._send(query, params)
+
+    def _send(self, query: Statement, params: Params = None) -> psycopg.Cursor[Any]:
+        """Send what is pending and this statement in one pipeline; wait for the answers."""
         with self._errors():
             cursor = self._connection.cursor()
+            self._flushes += 1
             if self._pending:
                 pending, self._pending = self._pending, []
-                self._flushes += 1
                 with self._connection.pipeline():
                     for statement, arguments in pending:
                         self._connection.execute(statement, arguments)
                     cursor.execute(query, params)
             else:
-                self._flushes += 1
                 cursor.execute(query, params)
+        return cursor
+
+    def _alone(self, query: Statement, params: Params) -> psycopg.Cursor[Any]:
+        """BEGIN, the pin, the statement and COMMIT in one pipeline: one round trip."""
+        with self._errors():
+            cursor = self._connection.cursor()
+            self._flushes += 1
+            try:
+                with self._connection.pipeline():
+                    self._connection.execute(_BEGIN)
+                    self._connection.execute(self._pin)
+                    cursor.execute(query, params)
+                    self._connection.execute("COMMIT")
+            except psycopg.Error:
+                self._rollback()  # the statement failed after BEGIN: end the transaction
+                raise
         return cursor
 
     def _write(self, query: str, params: Params) -> int:
@@ -260,7 +368,7 @@ class PostgresConnection:
     def _block(self) -> Iterator[None]:
         savepoint = f"tokencli_{self._depth}" if self._depth else None
         if savepoint is None:
-            self._pending = [(_BEGIN, None), (_SET_LOCK_TIMEOUT, None)]
+            self._pending = [(_BEGIN, None), (self._pin, None)]
         else:
             self._pending.append((f"SAVEPOINT {savepoint}", None))
         self._depth += 1
@@ -285,14 +393,14 @@ class PostgresConnection:
                 self._pending.append((f"RELEASE SAVEPOINT {savepoint}", None))
         elif failed:
             self._rollback()
-        elif untouched and len(self._pending) == 2:  # only BEGIN and SET: nothing to do
+        elif untouched and len(self._pending) == 2:  # only BEGIN and the pin: nothing to do
             self._pending = []
         else:
             self._commit()
 
     def _commit(self) -> None:
         try:
-            status = self._execute("COMMIT").statusmessage
+            status = self._send("COMMIT").statusmessage
         except StorageError:
             self._rollback()
             raise
@@ -300,13 +408,15 @@ class PostgresConnection:
             # PostgreSQL answers COMMIT with ROLLBACK when a statement of the transaction
             # failed and someone caught the error: nothing was saved, so say so.
             raise StorageError(
-                f"database at {self._location}: the transaction was rolled back because a"
+                f"database at {self.location}: the transaction was rolled back because a"
                 " statement in it failed; nothing was saved"
             )
 
     def _rollback(self) -> None:
         """Roll back the open transaction; never raises (the first error is what matters)."""
         self._pending = []
+        if self._connection.closed:
+            return  # given up or lost: the server rolls back on its own
         if self._connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             return  # BEGIN never left: nothing to undo
         try:
@@ -322,9 +432,12 @@ class PostgresConnection:
         """Rows through a server-side cursor, `_ITER_SIZE` at a time: flat memory.
 
         Inside a block the cursor lives in its transaction (read it before the block
-        ends). Outside, it is WITH HOLD: PostgreSQL runs the query to the end at once and
-        keeps the result server side, so no transaction, snapshot or lock stays open for
-        as long as a slow reader (`list | less`) takes; the cost is the server's temp space.
+        ends). Outside, it is declared WITH HOLD in a pinned transaction of its own:
+        PostgreSQL runs the query to the end at its COMMIT and keeps the result server
+        side, so no transaction, snapshot or lock stays open for as long as a slow reader
+        (`list | less`) takes; the cost is the server's temp space. Such a cursor belongs
+        to the server session: a pooler in transaction mode may send a later FETCH to
+        another one (StorageError says so).
         """
         self._cursors += 1
         with self._errors():
@@ -332,10 +445,12 @@ class PostgresConnection:
                 name=f"tokencli_stream_{self._cursors}", withhold=self._depth == 0
             )
         try:
-            if self._pending:  # a cursor cannot be declared in a pipeline: send them first
-                self._execute("SELECT 1")
-            with self._errors():
-                cursor.execute(query, params)
+            with self._block() if self._depth == 0 else contextlib.nullcontext():
+                if self._pending:  # a cursor cannot be declared in a pipeline: send them first
+                    statement, arguments = self._pending.pop()
+                    self._send(statement, arguments)
+                with self._errors():
+                    cursor.execute(query, params)
             while True:
                 with self._errors():
                     rows = cursor.fetchmany(_ITER_SIZE)

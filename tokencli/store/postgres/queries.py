@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tokencli.domain.location import redact_url
+from tokencli.domain.errors import StorageError
 from tokencli.domain.model import (
     AuditEvent,
     Counts,
@@ -21,21 +21,14 @@ from tokencli.domain.model import (
     TokenState,
     ends_at,
 )
-from tokencli.store.postgres.connection import (
-    INSTALLED,
-    PostgresConnection,
-    _connect,
-    _require_psycopg,
-)
-
-if TYPE_CHECKING:
-    from tokencli.store.base import Backend, Store
+from tokencli.store.postgres.connection import INSTALLED, PostgresConnection
 
 if INSTALLED:
-    import psycopg
     from psycopg import sql
 
+    from tokencli.store.postgres import conninfo
     from tokencli.store.postgres import schema as schema_module
+    from tokencli.store.postgres.connection import _BoundedConnection
 
 _TOKEN_COLUMNS = (
     "id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, uses_limit, scopes"
@@ -43,117 +36,141 @@ _TOKEN_COLUMNS = (
 
 _EVENT_COLUMNS = "at, action, token_id, outcome, source, detail"
 
+# Every operator, function, aggregate and type below is named with its schema: the search
+# path is pinned too (connection.py), but a name looked up through it could find another
+# role's look-alike, e.g. an `@>(text[], text[])` in public beats the catalog's `anyarray`
+# one. (`bigint` is a keyword, not a name looked up.)
+EQ, LT, GT, LE, GE = (f"OPERATOR(pg_catalog.{op})" for op in ("=", "<", ">", "<=", ">="))
+MINUS = "OPERATOR(pg_catalog.-)"
+CONTAINS = "OPERATOR(pg_catalog.@>)"
+LIKE = "OPERATOR(pg_catalog.~~)"  # LIKE, with backslash escapes
+TEXT = "pg_catalog.text"
+
 # Live: `ends_at > now` picks the rows through the index; the rest keeps out a token
 # revoked or used up "in the future" of a clock that stepped back.
 _LIVE_OF = (
-    "({t}ends_at > %(now)s AND {t}revoked_at IS NULL AND {t}expires_at > %(now)s"
-    " AND ({t}uses_left IS NULL OR {t}uses_left > 0))"
+    f"(@ends_at {GT} %(now)s AND @revoked_at IS NULL AND @expires_at {GT} %(now)s"
+    f" AND (@uses_left IS NULL OR @uses_left {GT} 0))"
 )
 
-_LIVE = _LIVE_OF.format(t="")
+_LIVE = _LIVE_OF.replace("@", "")
 
 # The stored states as SQL (base.py and model.py define them).
 _STATE_SQL = {
     TokenState.VALID: _LIVE,
     TokenState.REVOKED: "revoked_at IS NOT NULL",
-    TokenState.EXPIRED: "(revoked_at IS NULL AND expires_at <= %(now)s)",
-    TokenState.USED_UP: "(revoked_at IS NULL AND expires_at > %(now)s AND uses_left <= 0)",
+    TokenState.EXPIRED: f"(revoked_at IS NULL AND expires_at {LE} %(now)s)",
+    TokenState.USED_UP: (f"(revoked_at IS NULL AND expires_at {GT} %(now)s AND uses_left {LE} 0)"),
 }
 
 # Statements; {tokens} and {audit} become schema-qualified identifiers (see _queries).
 _SQL = {
-    "get": f"SELECT {_TOKEN_COLUMNS} FROM {{tokens}} WHERE id = %s",
-    "get_many": f"SELECT {_TOKEN_COLUMNS} FROM {{tokens}} WHERE id = ANY(%s::text[])",
-    "existing_ids": "SELECT id FROM {tokens} WHERE id = ANY(%s::text[])",
+    "get": f"SELECT {_TOKEN_COLUMNS} FROM {{tokens}} WHERE id {EQ} %s",
+    "get_many": (f"SELECT {_TOKEN_COLUMNS} FROM {{tokens}} WHERE id {EQ} ANY(%s::{TEXT}[])"),
+    "existing_ids": f"SELECT id FROM {{tokens}} WHERE id {EQ} ANY(%s::{TEXT}[])",
     # One statement for any number of rows. Scopes differ in length, and arrays of arrays
     # cannot be unnested row by row, so they travel flat as (row number, name) pairs and
-    # are gathered back in the order given.
-    "insert": """
-        INSERT INTO {tokens} (id, secret_hash, label, created_at, expires_at, uses_left,
-                              uses_limit, revoked_at, ends_at, scopes)
+    # are gathered back in the order given. (ROWS FROM spells out what a many-argument
+    # unnest() means, since that shorthand only exists unqualified.)
+    "insert": f"""
+        INSERT INTO {{tokens}} (id, secret_hash, label, created_at, expires_at, uses_left,
+                                uses_limit, revoked_at, ends_at, scopes)
         SELECT r.id, r.secret_hash, r.label, r.created_at, r.expires_at, r.uses_left,
-               r.uses_limit, r.revoked_at, r.ends_at, coalesce(s.scopes, ARRAY[]::text[])
-        FROM unnest(%(id)s::text[], %(secret_hash)s::bytea[], %(label)s::text[],
-                    %(created_at)s::bigint[], %(expires_at)s::bigint[], %(uses_left)s::bigint[],
-                    %(uses_limit)s::bigint[], %(revoked_at)s::bigint[], %(ends_at)s::bigint[])
+               r.uses_limit, r.revoked_at, r.ends_at,
+               coalesce(s.scopes, ARRAY[]::{TEXT}[])
+        FROM ROWS FROM (pg_catalog.unnest(%(id)s::{TEXT}[]),
+                        pg_catalog.unnest(%(secret_hash)s::pg_catalog.bytea[]),
+                        pg_catalog.unnest(%(label)s::{TEXT}[]),
+                        pg_catalog.unnest(%(created_at)s::bigint[]),
+                        pg_catalog.unnest(%(expires_at)s::bigint[]),
+                        pg_catalog.unnest(%(uses_left)s::bigint[]),
+                        pg_catalog.unnest(%(uses_limit)s::bigint[]),
+                        pg_catalog.unnest(%(revoked_at)s::bigint[]),
+                        pg_catalog.unnest(%(ends_at)s::bigint[]))
              WITH ORDINALITY AS r(id, secret_hash, label, created_at, expires_at, uses_left,
                                   uses_limit, revoked_at, ends_at, n)
-        LEFT JOIN (SELECT x.n, array_agg(x.scope ORDER BY x.position) AS scopes
-                   FROM unnest(%(scope_row)s::bigint[], %(scope)s::text[])
+        LEFT JOIN (SELECT x.n, pg_catalog.array_agg(x.scope ORDER BY x.position) AS scopes
+                   FROM ROWS FROM (pg_catalog.unnest(%(scope_row)s::bigint[]),
+                                   pg_catalog.unnest(%(scope)s::{TEXT}[]))
                         WITH ORDINALITY AS x(n, scope, position)
-                   GROUP BY x.n) AS s ON s.n = r.n
+                   GROUP BY x.n) AS s ON s.n {EQ} r.n
         """,
     # One statement for the whole batch. The FROM subquery locks each row (in ID order, so
     # replicas never deadlock on each other) and reads its uses left after any concurrent
     # update committed; RETURNING shows only new values, so the grant is computed there.
     # The condition is in the statement: under READ COMMITTED a row another transaction
     # changed is re-read and re-checked, so a last use is granted once, whoever races.
-    "consume": """
-        UPDATE {tokens} AS t
-        SET uses_left = t.uses_left - g.granted,
-            ends_at = CASE WHEN t.uses_left <= g.granted THEN %(now)s ELSE t.ends_at END
+    "consume": f"""
+        UPDATE {{tokens}} AS t
+        SET uses_left = t.uses_left {MINUS} g.granted,
+            ends_at = CASE WHEN t.uses_left {LE} g.granted THEN %(now)s ELSE t.ends_at END
         FROM (SELECT k.id, LEAST(w.n, k.uses_left) AS granted
-              FROM unnest(%(ids)s::text[], %(counts)s::bigint[]) AS w(id, n)
-              JOIN {tokens} AS k ON k.id = w.id
-              WHERE k.uses_left > 0 AND k.revoked_at IS NULL AND k.expires_at > %(now)s
+              FROM ROWS FROM (pg_catalog.unnest(%(ids)s::{TEXT}[]),
+                              pg_catalog.unnest(%(counts)s::bigint[])) AS w(id, n)
+              JOIN {{tokens}} AS k ON k.id {EQ} w.id
+              WHERE k.uses_left {GT} 0 AND k.revoked_at IS NULL AND k.expires_at {GT} %(now)s
               ORDER BY k.id
               FOR UPDATE OF k) AS g
-        WHERE t.id = g.id
+        WHERE t.id {EQ} g.id
         RETURNING t.id, g.granted, t.uses_left
         """,
-    "revoke": """
-        UPDATE {tokens} SET revoked_at = coalesce(revoked_at, %(now)s),
-                            ends_at = LEAST(ends_at, %(now)s)
-        WHERE id = %(id)s
+    "revoke": f"""
+        UPDATE {{tokens}} SET revoked_at = coalesce(revoked_at, %(now)s),
+                              ends_at = LEAST(ends_at, %(now)s)
+        WHERE id {EQ} %(id)s
         """,
     # Never revives a token: a revoked or used-up one keeps its expiry and its end.
-    "set_expiry": """
-        UPDATE {tokens} SET expires_at = %(at)s, ends_at = %(at)s
-        WHERE id = %(id)s AND revoked_at IS NULL AND (uses_left IS NULL OR uses_left > 0)
+    "set_expiry": f"""
+        UPDATE {{tokens}} SET expires_at = %(at)s, ends_at = %(at)s
+        WHERE id {EQ} %(id)s AND revoked_at IS NULL AND (uses_left IS NULL OR uses_left {GT} 0)
         """,
-    "cut_expiry": """
-        UPDATE {tokens}
+    "cut_expiry": f"""
+        UPDATE {{tokens}}
         SET expires_at = LEAST(expires_at, GREATEST(%(latest)s, created_at)),
             ends_at = LEAST(ends_at, GREATEST(%(latest)s, created_at))
-        WHERE id = %(id)s
+        WHERE id {EQ} %(id)s
         """,
     "live_ids": f"""
         SELECT id, label FROM {{tokens}}
-        WHERE {_LIVE} AND id LIKE %(pattern)s
+        WHERE {_LIVE} AND id {LIKE} %(pattern)s
         ORDER BY id LIMIT %(limit)s
         """,
     "scopes_in_use": f"""
-        SELECT DISTINCT s.name FROM {{tokens}} AS t, unnest(t.scopes) AS s(name)
-        WHERE {_LIVE_OF.format(t="t.")} AND s.name LIKE %(pattern)s
+        SELECT DISTINCT s.name FROM {{tokens}} AS t, pg_catalog.unnest(t.scopes) AS s(name)
+        WHERE {_LIVE_OF.replace("@", "t.")} AND s.name {LIKE} %(pattern)s
         ORDER BY s.name LIMIT %(limit)s
         """,
-    "count_ended": "SELECT count(*) FROM {tokens} WHERE ends_at <= %s",
-    "purge": "DELETE FROM {tokens} WHERE ends_at <= %s",
+    "count_ended": f"SELECT pg_catalog.count(*) FROM {{tokens}} WHERE ends_at {LE} %s",
+    "purge": f"DELETE FROM {{tokens}} WHERE ends_at {LE} %s",
     "counts": f"""
-        SELECT count(*) FILTER (WHERE {_LIVE}),
-               count(*) FILTER (WHERE revoked_at IS NULL AND expires_at <= %(now)s),
-               count(*) FILTER (WHERE revoked_at IS NULL AND expires_at > %(now)s
-                                      AND uses_left <= 0),
-               count(*) FILTER (WHERE revoked_at IS NOT NULL),
-               min(expires_at) FILTER (WHERE {_LIVE}),
-               (SELECT count(*) FROM {{audit}}),
-               (SELECT min(at) FROM {{audit}})
+        SELECT pg_catalog.count(*) FILTER (WHERE {_LIVE}),
+               pg_catalog.count(*) FILTER (WHERE {_STATE_SQL[TokenState.EXPIRED]}),
+               pg_catalog.count(*) FILTER (WHERE {_STATE_SQL[TokenState.USED_UP]}),
+               pg_catalog.count(*) FILTER (WHERE revoked_at IS NOT NULL),
+               pg_catalog.min(expires_at) FILTER (WHERE {_LIVE}),
+               (SELECT pg_catalog.count(*) FROM {{audit}}),
+               (SELECT pg_catalog.min(at) FROM {{audit}})
         FROM {{tokens}}
         """,
     # ORDER BY n: the IDs (and so the order of events at the same second) follow the input.
     "record": f"""
         INSERT INTO {{audit}} ({_EVENT_COLUMNS})
         SELECT {_EVENT_COLUMNS}
-        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+        FROM ROWS FROM (pg_catalog.unnest(%s::bigint[]), pg_catalog.unnest(%s::{TEXT}[]),
+                        pg_catalog.unnest(%s::{TEXT}[]), pg_catalog.unnest(%s::{TEXT}[]),
+                        pg_catalog.unnest(%s::{TEXT}[]), pg_catalog.unnest(%s::{TEXT}[]))
              WITH ORDINALITY AS e({_EVENT_COLUMNS}, n)
         ORDER BY n
         """,
     "all_events": f"SELECT {_EVENT_COLUMNS} FROM {{audit}} ORDER BY at, id",
-    "drop_events": "DELETE FROM {audit} WHERE at < %s",
-    "size": """
-        SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0)
-        FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relname IN ('tokens', 'audit') AND c.relkind = 'r'
+    "drop_events": f"DELETE FROM {{audit}} WHERE at {LT} %s",
+    "size": f"""
+        SELECT coalesce(pg_catalog.sum(pg_catalog.pg_total_relation_size(c.oid)), 0)
+        FROM pg_catalog.pg_class AS c
+        JOIN pg_catalog.pg_namespace AS n ON n.oid {EQ} c.relnamespace
+        WHERE n.nspname {EQ} %s
+          AND c.relname {EQ} ANY (ARRAY['tokens', 'audit']::pg_catalog.name[])
+          AND c.relkind {EQ} 'r'
         """,
 }
 
@@ -188,21 +205,34 @@ class PostgresStore(PostgresConnection):
     """tokencli's schema in a PostgreSQL database, and every query the service needs
     (store/base.py). One thread at a time; see PostgresConnection for transactions."""
 
-    def __init__(self, connection: psycopg.Connection[Any], url: str, schema: str) -> None:
-        super().__init__(connection, url, schema)
+    def __init__(
+        self,
+        connection: _BoundedConnection,
+        info: conninfo.ConnInfo,
+        schema: str,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(connection, info, schema, on_lost)
         self._sql = _queries(schema)
 
     def _prepare_schema(self, *, create: bool) -> bool:
-        """Check the schema; make or upgrade it as `open_postgres` says. False: none of ours."""
-        connection, schema = self._connection, self._schema
+        """Check the schema and who owns what is in it; make or upgrade it as
+        `open_postgres` says. False: none of ours (and `create` is False)."""
+        connection, schema, where = self._connection, self._schema, self.location
+        trusted = schema_module.trusted_owners_from_env()
         with self._errors():
-            if schema_module.current_version(connection, schema) == schema_module.SCHEMA_VERSION:
-                return True  # the common case: one query
-            found = schema_module.inspect(connection, schema)
-            schema_module.refuse_unless_usable(found, schema, self._location)
+            quick = schema_module.quick_look(connection, schema, self._pin, trusted)
+            if quick is not None:
+                version, foreign = quick
+                if foreign:
+                    raise StorageError(schema_module.foreign_message(foreign, schema, where))
+                if version == schema_module.SCHEMA_VERSION:
+                    return True  # the common case: one round trip
+            found = schema_module.look(connection, schema, self._pin, trusted)
+            schema_module.refuse_unless_usable(found, schema, where)
             if found.version is None and not create:
                 return False
-            schema_module.migrate(connection, schema, self._location)
+            schema_module.migrate(connection, schema, where, trusted)
         return True
 
     def size_bytes(self) -> int:
@@ -358,10 +388,10 @@ class PostgresStore(PostgresConnection):
         conditions: list[sql.SQL] = []
         params: dict[str, Any] = {"limit": limit}
         if since is not None:
-            conditions.append(sql.SQL("at >= %(since)s"))
+            conditions.append(sql.SQL(f"at {GE} %(since)s"))
             params["since"] = since
         if token_id is not None:
-            conditions.append(sql.SQL("token_id = %(token_id)s"))
+            conditions.append(sql.SQL(f"token_id {EQ} %(token_id)s"))
             params["token_id"] = token_id
         where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
         query = sql.SQL(
@@ -396,85 +426,14 @@ def _where(selector: TokenFilter, now: int) -> tuple[sql.SQL, dict[str, Any]]:
         # (as in SQLite), where sending it would fail the whole statement.
         conditions.append("FALSE")
     elif selector.label is not None:
-        conditions.append("label = %(label)s")
+        conditions.append(f"label {EQ} %(label)s")
         params["label"] = selector.label
     if selector.scopes:
-        conditions.append("scopes @> %(scopes)s::text[]")
+        conditions.append(f"scopes {CONTAINS} %(scopes)s::{TEXT}[]")
         params["scopes"] = sorted(set(selector.scopes))
     if selector.expires_by is not None:
-        conditions.append("expires_at <= %(expires_by)s")
+        conditions.append(f"expires_at {LE} %(expires_by)s")
         params["expires_by"] = selector.expires_by
     if not conditions:
         return sql.SQL(""), params
     return sql.SQL("WHERE " + " AND ".join(conditions)), params
-
-
-def open_postgres(url: str, *, create: bool) -> PostgresStore | None:
-    """Connect to `url` and check (or with `create`, make or upgrade) tokencli's schema.
-
-    Returns None when the schema holds nothing of ours and `create` is False: read-only
-    commands then behave as on an empty database, and nothing is created. An older schema
-    of ours is upgraded either way (as SQLite upgrades an older file when opening it).
-    """
-    _require_psycopg()
-    schema = schema_module.schema_from_env()
-    connection = _connect(url)
-    store = PostgresStore(connection, url, schema)
-    try:
-        if store._prepare_schema(create=create):
-            return store
-    except BaseException:
-        store.close()
-        raise
-    store.close()
-    return None
-
-
-class PostgresBackend:
-    """A PostgreSQL database opened for `serve`: a new connection per store.
-
-    The schema is checked and migrated once, here; nothing runs in the background (the
-    database does its own upkeep), so upkeep is a no-op and there are no gauges.
-    """
-
-    def __init__(self, url: str) -> None:
-        _require_psycopg()
-        schema = schema_module.schema_from_env()  # a bad name fails before connecting
-        store = PostgresStore(_connect(url), url, schema)
-        try:
-            store._prepare_schema(create=True)
-        finally:
-            store.close()
-        self._schema = store.schema
-        self._url = url
-        self._location = redact_url(url)
-
-    @property
-    def location(self) -> str:
-        """The URL, its password shown as ***."""
-        return self._location
-
-    @property
-    def inline(self) -> bool:
-        """False: a round trip can wait seconds; the server answers on a thread."""
-        return False
-
-    def open_store(self) -> PostgresStore:
-        """A new store on a new connection; StorageError if the database is unreachable."""
-        return PostgresStore(_connect(self._url), self._url, self._schema)
-
-    def start_upkeep(self, report: Callable[[str], None]) -> None:
-        """Nothing to do: PostgreSQL vacuums and checkpoints on its own."""
-
-    def stop_upkeep(self) -> None:
-        """Nothing to stop."""
-
-    def gauges(self) -> dict[str, float]:
-        """No backend figures (PostgreSQL has its own exporters)."""
-        return {}
-
-
-if TYPE_CHECKING:  # mypy proves both classes keep the contracts of base.py
-
-    def _conforms(store: PostgresStore, backend: PostgresBackend) -> tuple[Store, Backend]:
-        return store, backend
