@@ -26,6 +26,7 @@ from tokencli.domain.model import (
     TokenRecord,
 )
 from tokencli.domain.rules import info, matches_nothing, state_at, validate_positive
+from tokencli.service.listing import PAGE_SCAN, Page, validate_page_size
 from tokencli.store.base import Store
 from tokencli.store.factory import open_store
 
@@ -107,25 +108,34 @@ class TokenReader:
         return info(record, state_at(record, self.now()))
 
     def list_tokens(self, selector: TokenFilter = LIVE) -> Iterator[TokenInfo]:
-        """The tokens the selector matches, oldest first, streamed from the store."""
+        """The tokens the selector matches, by ID, read from the store a page at a time."""
         now = self.now()
         for record in self.records(selector, now):
             yield info(record, state_at(record, now))
 
     def records(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
-        """The stored tokens the selector matches at `now`, oldest first, streamed."""
+        """The stored tokens the selector matches at `now`, by ID, a page at a time: no
+        read stays open between pages (service/listing.py says what a reader sees)."""
         if selector.limit is not None:
             validate_positive("limit", selector.limit, 2**62)
         if matches_nothing(selector):
             return iter(())
-        rows = self._store.iter_tokens(selector, now)
-        states = selector.states
-        if states is None:
-            return rows
-        # The store selects "live" by the moment a token ended; behind a clock stepped
-        # back past a revocation or a last use, that moment is still to come. A token's
-        # state is what state_at says, so that is what the rows are held to.
-        return (record for record in rows if state_at(record, now) in states)
+        return _in_states(self._store.iter_tokens(selector, now), selector, now)
+
+    def list_page(self, selector: TokenFilter, after: str | None, size: int) -> Page:
+        """One page of a listing (GET /app/tokens): at most `size` tokens by ID after
+        `after`, found among at most PAGE_SCAN stored ones, and where the next page starts.
+
+        A page may be short, even empty, and still have a `next`: read on until `next`
+        is None.
+        """
+        validate_page_size(size)
+        now = self.now()
+        if matches_nothing(selector):
+            return Page([], None)
+        page = self._store.page_tokens(selector, now, after, size, scan=PAGE_SCAN)
+        records = _in_states(iter(page.records), selector, now)
+        return Page([info(record, state_at(record, now)) for record in records], page.next)
 
     def live_ids(self, prefix: str = "", limit: int = 200) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens starting with `prefix`, for shell completion."""
@@ -151,6 +161,21 @@ class TokenReader:
         validate_positive("limit", limit, MAX_COUNT)
         since = None if since_seconds is None else self.now() - since_seconds
         return self._store.events(since=since, token_id=token_id, limit=limit)
+
+
+def _in_states(
+    rows: Iterator[TokenRecord], selector: TokenFilter, now: int
+) -> Iterator[TokenRecord]:
+    """The rows whose state at `now` is one the selector asks for.
+
+    The store selects "live" by the moment a token ended; behind a clock stepped back past
+    a revocation or a last use, that moment is still to come. A token's state is what
+    state_at says, so that is what the rows are held to.
+    """
+    states = selector.states
+    if states is None:
+        return rows
+    return (record for record in rows if state_at(record, now) in states)
 
 
 def _shown(text: str) -> str:

@@ -203,9 +203,14 @@ class TokenService(TokenChecker):
             chosen = [token_id for token_id in named if token_id in found]
             missing.extend(NotFoundError(f"no token {i}") for i in named if i not in found)
             if live is not None:
-                chosen.extend(
-                    record.id for record in self.records(live, now) if record.id not in found
+                # Listings go by ID; revoke says what it did oldest first (as
+                # revoke_matching returns it), dry run or not.
+                oldest_first = sorted(
+                    (record.created_at, record.id)
+                    for record in self.records(live, now)
+                    if record.id not in found
                 )
+                chosen.extend(token_id for _, token_id in oldest_first)
             return chosen, missing
         with self._store.transaction():
             now = self.now()

@@ -1,5 +1,5 @@
 """One connection to tokencli's schema in a PostgreSQL database: transactions, savepoints,
-the group-commit batch, deferred statements, streams, and psycopg's errors turned into
+the group-commit batch, deferred statements, and psycopg's errors turned into
 messages for the operator (never holding a password).
 
 The queries are in queries.py (`PostgresStore` extends `PostgresConnection`); the schema
@@ -25,8 +25,8 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
 
 from tokencli.domain.errors import StorageError
 from tokencli.domain.location import redact_url
@@ -55,10 +55,6 @@ CONNECT_TIMEOUT_SECONDS = 10
 # than hang: the same bound as SQLite's busy timeout. Set per transaction with SET LOCAL,
 # which every managed PostgreSQL and transaction pooler allows.
 LOCK_TIMEOUT_SECONDS = 10
-
-_ITER_SIZE = 2000  # rows per FETCH when streaming
-
-T = TypeVar("T")
 
 _BEGIN = "BEGIN"
 
@@ -174,7 +170,6 @@ class PostgresConnection:
         # Statements waiting to leave with the next one: (statement, parameters).
         self._pending: list[tuple[str, Params]] = []
         self._flushes = 0  # times statements left for the server, to tell a block untouched
-        self._cursors = 0
 
     @property
     def location(self) -> str:
@@ -309,32 +304,3 @@ class PostgresConnection:
     def ping(self) -> None:
         """Raise StorageError unless the database answers."""
         self._execute("SELECT 1")
-
-    def _stream(self, query: Statement, params: Params, make: Callable[[Any], T]) -> Iterator[T]:
-        """Rows through a server-side cursor, `_ITER_SIZE` at a time: flat memory.
-
-        Inside a block the cursor lives in its transaction (read it before the block
-        ends). Outside, it is WITH HOLD: PostgreSQL runs the query to the end at once and
-        keeps the result server side, so no transaction, snapshot or lock stays open for
-        as long as a slow reader (`list | less`) takes; the cost is the server's temp space.
-        """
-        self._cursors += 1
-        with self._errors():
-            cursor = self._connection.cursor(
-                name=f"tokencli_stream_{self._cursors}", withhold=self._depth == 0
-            )
-        try:
-            if self._pending:  # a cursor cannot be declared in a pipeline: send them first
-                self._execute("SELECT 1")
-            with self._errors():
-                cursor.execute(query, params)
-            while True:
-                with self._errors():
-                    rows = cursor.fetchmany(_ITER_SIZE)
-                if not rows:
-                    return
-                for row in rows:
-                    yield make(row)
-        finally:
-            with contextlib.suppress(psycopg.Error):
-                cursor.close()
