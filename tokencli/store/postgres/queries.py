@@ -449,6 +449,7 @@ def _where(
 ) -> tuple[sql.SQL, dict[str, Any]]:
     """The WHERE clause and its parameters for a token filter, after the `conditions`
     given (all ANDed)."""
+    conditions = list(conditions)
     params: dict[str, Any] = {"now": now}
     if selector.states is not None:
         # States that no stored token can be in (malformed, unknown...) select nothing.

@@ -348,6 +348,7 @@ class SQLiteStore(SQLiteConnection):
 def _where(selector: TokenFilter, now: int, conditions: list[str]) -> tuple[str, dict[str, object]]:
     """The WHERE clause and its parameters for a token filter at `now`, after the
     `conditions` given (ANDed)."""
+    conditions = list(conditions)
     parameters: dict[str, object] = {"now": now}
     if selector.states is not None:
         states = " OR ".join(_STATE_SQL[state] for state in sorted(selector.states))
