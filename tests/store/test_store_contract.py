@@ -352,6 +352,25 @@ def test_event_pages_walk_the_trail_oldest_first(store: Store) -> None:
     assert store.page_events(None, 20).next is None
 
 
+def test_existing_events_finds_the_same_events_and_only_those(store: Store) -> None:
+    stored = [
+        event(NOW, "check", "t1"),
+        AuditEvent(NOW, "purge", None, "purged 3", "cli", None),
+        AuditEvent(NOW + 5, "check", "t2", "valid", "http", "note"),
+    ]
+    with store.transaction():
+        store.record(stored)
+    asked = [
+        *stored,
+        event(NOW, "check", "t2"),  # another token, same second
+        AuditEvent(NOW, "purge", None, "purged 3", "http", None),  # another source
+        AuditEvent(NOW + 5, "check", "t2", "valid", "http", None),  # no detail
+        event(NOW + 6, "check", "t1"),  # another second
+    ]
+    assert store.existing_events(asked) == set(stored)
+    assert store.existing_events([]) == set()
+
+
 def test_set_and_cut_expiry_move_the_end(store: Store) -> None:
     with store.transaction():
         store.insert_tokens([token("renew"), token("cut"), token("clamp", created=NOW - 10)])
