@@ -256,7 +256,8 @@ def test_revoke_by_selector_prints_what_its_dry_run_printed_oldest_first(
         issuing.issue(ttl_seconds=3600 - 60 * n, label="ci")
         clock.advance(1)
     listed = json.loads(runner.invoke(app, ["list", "--label", "ci", "--json"]).stdout)
-    oldest_first = [item["id"] for item in listed]
+    oldest_first = [item["id"] for item in sorted(listed, key=lambda i: (i["created_at"], i["id"]))]
+    assert oldest_first != [item["id"] for item in listed]  # list goes by ID
     assert len(oldest_first) == 30
     dry = runner.invoke(app, ["revoke", "--label", "ci", "--dry-run"])
     done = runner.invoke(app, ["revoke", "--label", "ci"])

@@ -16,7 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tokencli.cli.app import app
-from tokencli.domain.model import EVERY_TOKEN, LIST_LIMIT_DEFAULT, TokenRecord, TokenState
+from tokencli.domain.model import (
+    EVERY_TOKEN,
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
+    TokenRecord,
+    TokenState,
+)
 from tokencli.http.api import ApiConfig, Keys
 from tokencli.http.http11 import Request
 from tokencli.service.service import TokenService
@@ -38,6 +44,11 @@ def ids_of(rows: list[dict[str, Any]]) -> list[str]:
     return [row["id"] for row in rows]
 
 
+def by_id(zoo: dict[str, str], *names: str) -> list[str]:
+    """The IDs of these tokens of the zoo in the order listings give: by ID."""
+    return sorted(zoo[name] for name in names)
+
+
 def at(service: TokenService, seconds_ago: int) -> TokenService:
     """The same store, on a clock `seconds_ago` behind the wall clock."""
     return TokenService(service.store, Clock(time.time() - seconds_ago))
@@ -45,7 +56,7 @@ def at(service: TokenService, seconds_ago: int) -> TokenService:
 
 @pytest.fixture
 def zoo(on_file: TokenService) -> dict[str, str]:
-    """One token of each kind, created a second apart so the order is by creation."""
+    """One token of each kind, created at different times (listings go by ID)."""
     made: dict[str, str] = {}
     made["expired"] = at(on_file, 9000).issue(ttl_seconds=60, label="ci").info.id
     used = at(on_file, 8000).issue(uses=1, label="ci", scopes=["a"], ttl_seconds=86_400)
@@ -67,64 +78,59 @@ def zoo(on_file: TokenService) -> dict[str, str]:
 # -- filters ---------------------------------------------------------------------------
 
 
-def test_default_is_live_tokens_oldest_first(runner: CliRunner, zoo: dict[str, str]) -> None:
-    assert ids_of(listed(runner)) == [zoo[n] for n in ("ci_ab", "ci_a", "web_b", "plain")]
+def test_default_is_live_tokens_by_id(runner: CliRunner, zoo: dict[str, str]) -> None:
+    assert ids_of(listed(runner)) == by_id(zoo, "ci_ab", "ci_a", "web_b", "plain")
     every = ids_of(listed(runner, "--all"))
-    assert every == [
-        zoo[n] for n in ("expired", "used_up", "revoked", "ci_ab", "ci_a", "web_b", "plain")
-    ]
+    assert every == sorted(zoo.values())
 
 
 def test_label_is_exact(runner: CliRunner, zoo: dict[str, str], on_file: TokenService) -> None:
     on_file.issue(label="ci-2")
     on_file.issue(label="CI")
-    assert ids_of(listed(runner, "--label", "ci")) == [zoo["ci_ab"], zoo["ci_a"]]
-    assert ids_of(listed(runner, "--label", "ci", "--all")) == [
-        zoo[n] for n in ("expired", "used_up", "ci_ab", "ci_a")
-    ]
+    assert ids_of(listed(runner, "--label", "ci")) == by_id(zoo, "ci_ab", "ci_a")
+    assert ids_of(listed(runner, "--label", "ci", "--all")) == by_id(
+        zoo, "expired", "used_up", "ci_ab", "ci_a"
+    )
     assert listed(runner, "--label", "c") == []
     assert listed(runner, "--label", "") == []
 
 
 def test_scopes_are_anded(runner: CliRunner, zoo: dict[str, str]) -> None:
-    assert ids_of(listed(runner, "--scope", "a")) == [zoo["ci_ab"], zoo["ci_a"]]
+    assert ids_of(listed(runner, "--scope", "a")) == by_id(zoo, "ci_ab", "ci_a")
     assert ids_of(listed(runner, "--scope", "b", "--scope", "a")) == [zoo["ci_ab"]]
-    assert ids_of(listed(runner, "--scope", "b", "--all")) == [
-        zoo["revoked"],
-        zoo["ci_ab"],
-        zoo["web_b"],
-    ]
+    assert ids_of(listed(runner, "--scope", "b", "--all")) == by_id(
+        zoo, "revoked", "ci_ab", "web_b"
+    )
     assert listed(runner, "--scope", "c") == []
 
 
 def test_state_is_repeatable_and_works_without_all(runner: CliRunner, zoo: dict[str, str]) -> None:
     assert ids_of(listed(runner, "--state", "expired")) == [zoo["expired"]]
-    assert ids_of(listed(runner, "--state", "revoked", "--state", "used_up")) == [
-        zoo["used_up"],
-        zoo["revoked"],
-    ]
+    assert ids_of(listed(runner, "--state", "revoked", "--state", "used_up")) == by_id(
+        zoo, "used_up", "revoked"
+    )
     assert len(listed(runner, "--state", "valid")) == 4
     assert listed(runner, "--state", "used_up", "--label", "web") == []
     rows = listed(runner, "--state", "expired", "--state", "revoked", "--all")
-    assert [row["state"] for row in rows] == ["expired", "revoked"]
+    assert {row["id"]: row["state"] for row in rows} == {
+        zoo["expired"]: "expired",
+        zoo["revoked"]: "revoked",
+    }
 
 
 def test_expiring_within(runner: CliRunner, zoo: dict[str, str]) -> None:
     # ci_a expires in about 1000 s, ci_ab in about 80,400 s, web_b in about 6.9 days;
     # used_up in about 78,400 s, but it is not live.
     assert ids_of(listed(runner, "--expiring-within", "1h")) == [zoo["ci_a"]]
-    assert ids_of(listed(runner, "--expiring-within", "1d")) == [zoo["ci_ab"], zoo["ci_a"]]
-    assert ids_of(listed(runner, "--expiring-within", "7d")) == [
-        zoo["ci_ab"],
-        zoo["ci_a"],
-        zoo["web_b"],
-    ]
+    assert ids_of(listed(runner, "--expiring-within", "1d")) == by_id(zoo, "ci_ab", "ci_a")
+    assert ids_of(listed(runner, "--expiring-within", "7d")) == by_id(zoo, "ci_ab", "ci_a", "web_b")
     assert zoo["expired"] in ids_of(listed(runner, "--expiring-within", "1h", "--all"))
 
 
-def test_limit_keeps_the_oldest(runner: CliRunner, zoo: dict[str, str]) -> None:
-    assert ids_of(listed(runner, "--limit", "2")) == [zoo["ci_ab"], zoo["ci_a"]]
-    assert ids_of(listed(runner, "--limit", "1", "--all")) == [zoo["expired"]]
+def test_limit_keeps_the_first_by_id(runner: CliRunner, zoo: dict[str, str]) -> None:
+    live = by_id(zoo, "ci_ab", "ci_a", "web_b", "plain")
+    assert ids_of(listed(runner, "--limit", "2")) == live[:2]
+    assert ids_of(listed(runner, "--limit", "1", "--all")) == sorted(zoo.values())[:1]
     assert len(listed(runner, "--limit", "1000")) == 4
 
 
@@ -144,7 +150,7 @@ def test_every_filter_together(runner: CliRunner, zoo: dict[str, str]) -> None:
         "--limit",
         "2",
     )
-    assert ids_of(rows) == [zoo["used_up"], zoo["ci_ab"]]
+    assert ids_of(rows) == by_id(zoo, "used_up", "ci_ab", "ci_a")[:2]
 
 
 # -- output ----------------------------------------------------------------------------
@@ -226,31 +232,54 @@ def test_http_list_has_the_same_filters(on_file: TokenService, zoo: dict[str, st
     def ids(target: str) -> list[str]:
         status, payload = get(on_file, target)
         assert status == 200, payload
-        assert list(payload) == ["status_code", "tokens"]
+        assert list(payload) == ["status_code", "tokens", "next"]
         assert all(list(row) == JSON_KEYS for row in payload["tokens"])
         return ids_of(payload["tokens"])
 
-    assert ids("/app/tokens") == [zoo[n] for n in ("ci_ab", "ci_a", "web_b", "plain")]
+    assert ids("/app/tokens") == by_id(zoo, "ci_ab", "ci_a", "web_b", "plain")
     assert ids("/app/tokens?all=false") == ids("/app/tokens")
-    assert len(ids("/app/tokens?all=true")) == 7
-    assert ids("/app/tokens?label=ci") == [zoo["ci_ab"], zoo["ci_a"]]
+    assert ids("/app/tokens?all=true") == sorted(zoo.values())
+    assert ids("/app/tokens?label=ci") == by_id(zoo, "ci_ab", "ci_a")
     assert ids("/app/tokens?scope=a&scope=b") == [zoo["ci_ab"]]
-    assert ids("/app/tokens?state=expired&state=revoked") == [zoo["expired"], zoo["revoked"]]
+    assert ids("/app/tokens?state=expired&state=revoked") == by_id(zoo, "expired", "revoked")
     assert ids("/app/tokens?expiring_within=1h") == [zoo["ci_a"]]
-    assert ids("/app/tokens?limit=1&all=true") == [zoo["expired"]]
-    assert ids("/app/tokens?label=ci&scope=a&state=used_up&state=valid&limit=2") == [
-        zoo["used_up"],
-        zoo["ci_ab"],
-    ]
+    assert ids("/app/tokens?limit=1&all=true") == sorted(zoo.values())[:1]
+    assert (
+        ids("/app/tokens?label=ci&scope=a&state=used_up&state=valid&limit=2")
+        == by_id(zoo, "used_up", "ci_ab", "ci_a")[:2]
+    )
     assert ids("/app/tokens?label=nobody") == []
-    assert ids("/app/tokens?label=c%69") == [zoo["ci_ab"], zoo["ci_a"]]  # decoded
+    assert ids("/app/tokens?label=c%69") == by_id(zoo, "ci_ab", "ci_a")  # decoded
 
 
-def test_http_list_limit_defaults_to_1000(service: TokenService) -> None:
-    list(service.issue_batches(count=LIST_LIMIT_DEFAULT + 5))
-    assert len(get(service, "/app/tokens")[1]["tokens"]) == LIST_LIMIT_DEFAULT
-    assert len(get(service, "/app/tokens?limit=1003")[1]["tokens"]) == LIST_LIMIT_DEFAULT + 3
-    assert len(get(service, "/app/tokens?limit=100000")[1]["tokens"]) == LIST_LIMIT_DEFAULT + 5
+def test_http_list_pages_by_id_and_ends_with_next_null(service: TokenService) -> None:
+    issued = sorted(item.info.id for batch in service.issue_batches(count=25) for item in batch)
+    status, payload = get(service, "/app/tokens")
+    assert (status, ids_of(payload["tokens"]), payload["next"]) == (200, issued, None)
+    status, payload = get(service, "/app/tokens?limit=10")
+    assert (ids_of(payload["tokens"]), payload["next"]) == (issued[:10], issued[9])
+    status, payload = get(service, f"/app/tokens?limit=10&after={issued[9]}")
+    assert (ids_of(payload["tokens"]), payload["next"]) == (issued[10:20], issued[19])
+    status, payload = get(service, f"/app/tokens?limit=10&after={issued[19]}")
+    assert (ids_of(payload["tokens"]), payload["next"]) == (issued[20:], None)
+    # `after` need not be a stored token: any ID is a place in the order.
+    status, payload = get(service, "/app/tokens?after=zzzzzzzzzzzz")
+    assert (status, payload["tokens"], payload["next"]) == (200, [], None)
+
+
+def test_http_list_limit_is_a_page_of_at_most_the_maximum(service: TokenService) -> None:
+    list(service.issue_batches(count=LIST_LIMIT_MAX + 5))
+    status, payload = get(service, "/app/tokens")
+    assert (status, len(payload["tokens"])) == (200, LIST_LIMIT_DEFAULT)
+    assert LIST_LIMIT_DEFAULT == LIST_LIMIT_MAX and payload["next"] is not None
+    status, payload = get(service, f"/app/tokens?limit={LIST_LIMIT_MAX}&after={payload['next']}")
+    assert (status, len(payload["tokens"]), payload["next"]) == (200, 5, None)
+    # More than a page is refused, not cut short: a client that asked for everything and
+    # knows nothing of pages must not take the first page for the whole listing.
+    for limit in (LIST_LIMIT_MAX + 1, 100_000):
+        status, payload = get(service, f"/app/tokens?limit={limit}")
+        assert status == 400
+        assert f"1 to {LIST_LIMIT_MAX:,}" in payload["detail"] and "next" in payload["detail"]
 
 
 @pytest.mark.parametrize(
@@ -258,7 +287,12 @@ def test_http_list_limit_defaults_to_1000(service: TokenService) -> None:
     [
         "limit=0",
         "limit=-1",
-        "limit=100001",
+        f"limit={LIST_LIMIT_MAX + 1}",
+        "after=",
+        "after=short",
+        "after=AAAAAAAAAAAA",
+        "after=aaaaaaaaaaaa&after=bbbbbbbbbbbb",
+        "after=aaaaaaaaaaa1",
         "limit=99999999999999999999999",
         "limit=1.5",
         "limit=",
@@ -300,16 +334,27 @@ def test_http_list_needs_the_admin_key_when_set(service: TokenService) -> None:
 def test_http_list_over_the_real_server(serve: Callable[..., Served], db_path: Path) -> None:
     store = SQLiteStore.open(db_path, create=True)
     try:
-        issued = TokenService(store).issue(label="svc", scopes=["r"])
+        service = TokenService(store)
+        issued = service.issue(label="svc", scopes=["r"])
+        others = [item.info.id for batch in service.issue_batches(count=30) for item in batch]
     finally:
         store.close()
     served = serve(admin_key=ADMIN_KEY)
     bearer = {"Authorization": f"Bearer {ADMIN_KEY}"}
     status, _, payload = served.request("GET", "/app/tokens?scope=r&label=svc", headers=bearer)
-    assert status == 200
-    assert ids_of(payload["tokens"]) == [issued.info.id]
+    assert (status, ids_of(payload["tokens"]), payload["next"]) == (200, [issued.info.id], None)
     status, _, payload = served.request("GET", "/app/tokens?nope=1", headers=bearer)
     assert status == 400
+    walked: list[str] = []
+    target = "/app/tokens?limit=7"
+    while True:
+        status, _, payload = served.request("GET", target, headers=bearer)
+        assert status == 200 and len(payload["tokens"]) <= 7
+        walked += ids_of(payload["tokens"])
+        if payload["next"] is None:
+            break
+        target = f"/app/tokens?limit=7&after={payload['next']}"
+    assert walked == sorted([issued.info.id, *others])
 
 
 # -- memory ------------------------------------------------------------------------------

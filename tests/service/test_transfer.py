@@ -3,6 +3,7 @@ transaction (docs/design.md, "Several hosts" and "Decided details")."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 import unicodedata
@@ -149,7 +150,7 @@ def test_export_filters_as_list(runner: CliRunner, zoo: dict[str, Any]) -> None:
     assert ids("--state", "used_up", "--state", "expired") == sorted(
         [zoo["used_up"].info.id, zoo["expired"].info.id]
     )
-    assert ids("--limit", "1") == [zoo["expired"].info.id]  # the oldest
+    assert ids("--limit", "1") == sorted(item.info.id for item in zoo.values())[:1]  # by ID
     assert len(ids("--expiring-within", "2h")) == 5
 
 
@@ -277,6 +278,25 @@ def mangled(line: dict[str, Any], **changes: Any) -> str:
         {"scopes": [f"s{n}" for n in range(33)]},
         {"scopes": ["\ud800"]},
         {"extra": 1},
+        # Times: exactly as export writes them, a real instant from 1970 to 9999.
+        {"created_at": "0001-01-01T00:00:00Z"},
+        {"created_at": "1969-12-31T23:59:59Z"},
+        {"revoked_at": "0001-01-01T00:00:00Z"},
+        {"expires_at": "10000-01-01T00:00:00Z"},
+        {"created_at": "9999-01-01T00:00:00Z", "expires_at": "9999-12-31T23:59:59Z"},
+        {"expires_at": "2030-1-5T01:02:03Z"},
+        {"expires_at": "2030-01-01T00:00:60Z"},  # a leap second: exported as another time
+        {"expires_at": "2030-02-30T00:00:00Z"},
+        {"expires_at": "2030-01-01T00:00:00+00:00"},
+        {"expires_at": "2030-01-01 00:00:00Z"},
+        {"expires_at": "\uff12030-01-01T00:00:00Z"},  # a fullwidth digit
+        # Uses: a limit of 1 or more, and never more left than the limit.
+        {"uses_left": 6, "uses_limit": 5},
+        {"uses_left": 0, "uses_limit": 0},
+        {"uses_left": None, "uses_limit": 5},
+        {"secret_hash": "sha256:" + "0" * 62 + " 0"},
+        {"secret_hash": "sha256: " + "0" * 64},
+        {"secret_hash": "SHA256:" + "0" * 64},
     ],
     ids=repr,
 )
@@ -534,3 +554,166 @@ def token_line_of(token_id: str) -> dict[str, Any]:
         "scopes": [],
         "secret_hash": "sha256:" + "0" * 64,
     }
+
+
+# -- what import accepts, export gives back ------------------------------------------------
+
+EARLIEST, LATEST = 0, 253_402_300_799  # 1970-01-01T00:00:00Z, 9999-12-31T23:59:59Z
+EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def written(seconds: int) -> str:
+    """An instant in export's own form, for any year datetime can hold (1 to 9999)."""
+    when = EPOCH + datetime.timedelta(seconds=seconds)
+    return (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}"
+        f"T{when.hour:02d}:{when.minute:02d}:{when.second:02d}Z"
+    )
+
+
+INSTANTS = st.integers(-62_135_596_800, LATEST) | st.sampled_from(
+    [-1, EARLIEST, 1, LATEST - 3650 * 86_400, LATEST - 3650 * 86_400 + 1, LATEST]
+)
+TIMES = INSTANTS.map(written) | st.sampled_from(
+    ["10000-01-01T00:00:00Z", "2030-01-01T00:00:60Z", "2030-02-29T00:00:00Z", "yesterday"]
+)
+USES = st.none() | st.integers(-1, 3) | st.sampled_from([10**9, 10**9 + 1])
+
+
+@st.composite
+def token_lines(draw: st.DrawFn) -> dict[str, Any]:
+    """A token line near every edge import checks: times, uses, hash, scopes, label."""
+    return {
+        "type": "token",
+        "id": tokens.new_id(),
+        "label": draw(st.none() | st.sampled_from(["", "ci", "x" * 200, "x" * 201, "\x07"])),
+        "created_at": draw(TIMES),
+        "expires_at": draw(TIMES),
+        "uses_left": draw(USES),
+        "uses_limit": draw(USES),
+        "revoked_at": draw(st.none() | TIMES),
+        "scopes": draw(st.lists(st.sampled_from(["b", "a", "read:x", "A"]), max_size=4)),
+        "secret_hash": "sha256:" + draw(st.sampled_from(["ab" * 32, "AB" * 32, "ab" * 31])),
+    }
+
+
+@pytest.mark.stores("sqlite", "postgres")
+@FAST
+@given(line=token_lines(), at=TIMES)
+def test_every_token_import_accepts_exports_as_itself_and_imports_again(
+    service: TokenService, line: dict[str, Any], at: str
+) -> None:
+    """A backup restores: whatever import takes, export writes back in a form import
+    takes again, to the same stored values (on both stores)."""
+    event = {"type": "event", "at": at, "action": "check", "token_id": line["id"]}
+    event |= {"outcome": "valid", "source": "http", "detail": None}
+    try:
+        import_lines(service, [json.dumps(line), json.dumps(event)])
+    except InvalidRequestError:
+        assert service.store.get(line["id"]) is None
+        return
+    record = service.store.get(line["id"])
+    assert record is not None
+    exported = token_line(record)
+    assert exported["created_at"] == line["created_at"]
+    assert exported["expires_at"] == line["expires_at"]
+    assert exported["revoked_at"] == line["revoked_at"]
+    assert (exported["uses_left"], exported["uses_limit"]) == (
+        line["uses_left"],
+        line["uses_limit"],
+    )
+    assert exported["secret_hash"] == line["secret_hash"].lower()
+    assert exported["scopes"] == sorted(set(line["scopes"]))
+    (stored_event,) = service.store.events(since=None, token_id=line["id"], limit=5)
+    assert event_line(stored_event) == event
+    again = tokens.new_id()
+    import_lines(service, [json.dumps({**exported, "id": again})])
+    assert service.store.get(again) == record._replace(id=again)
+
+
+def test_import_refuses_a_time_it_could_not_export_and_says_which(
+    service: TokenService,
+) -> None:
+    for field, value, said in [
+        ("created_at", "0001-01-01T00:00:00Z", "before 1970-01-01T00:00:00Z"),
+        ("created_at", "9995-01-01T00:00:00Z", "a renewal could not be exported"),
+        ("expires_at", "2030-01-01T00:00:60Z", "not a real date and time"),
+    ]:
+        line = {**token_line_of(tokens.new_id()), "expires_at": "9999-12-31T23:59:59Z"}
+        with pytest.raises(InvalidRequestError) as refused:
+            import_lines(service, [json.dumps({**line, field: value})])
+        assert str(refused.value).startswith(f"line 1: {field} ") and said in str(refused.value)
+
+
+def test_a_token_revoked_before_its_creation_imports_and_stays_revoked(
+    service: TokenService,
+) -> None:
+    """A clock stepped back between issue and revoke stores such a token: its backup
+    must restore."""
+    line = {**token_line_of(tokens.new_id()), "revoked_at": "2025-12-31T00:00:00Z"}
+    import_lines(service, [json.dumps(line)])
+    assert token_line(service.store.get(line["id"])) == line  # type: ignore[arg-type]
+
+
+# -- --skip-existing and the audit trail ----------------------------------------------------
+
+
+def trail(db: Path) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return connection.execute(
+            "SELECT at, action, token_id, outcome, source, detail FROM audit ORDER BY id"
+        ).fetchall()
+    finally:
+        connection.close()
+
+
+def test_skip_existing_twice_adds_no_event_the_second_time(
+    runner: CliRunner, zoo: dict[str, Any], fresh: Path, on_file: TokenService
+) -> None:
+    # Purged tokens leave their events behind, and purge adds one about no token: an
+    # export then holds events about tokens it does not hold.
+    on_file.purge(audit_retention_seconds=None)
+    text = export_text(runner, "--audit")
+    assert import_into(runner, fresh, text).exit_code == 0
+    first = trail(fresh)
+    assert any(row[1] == "purge" for row in first)
+    result = import_into(runner, fresh, text, "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert "imported 0 tokens and 0 audit events (2 already stored" in result.stdout
+    assert trail(fresh) == first  # not even an import event: nothing was imported
+    # Twice the same event in the input (two checks in one second) and once stored:
+    # the stored one stands for both; a new one goes in however often it appears.
+    check = json.loads(text.splitlines()[-1]) | {"detail": "twice"}
+    fresh_event = check | {"at": "2030-01-01T00:00:00Z"}
+    stored_once = "\n".join([json.dumps(check)] * 1)
+    assert import_into(runner, fresh, stored_once).exit_code == 0
+    lines = [json.dumps(check)] * 2 + [json.dumps(fresh_event)] * 2
+    assert import_into(runner, fresh, "\n".join(lines), "--skip-existing").exit_code == 0
+    details = [(row[0], row[5]) for row in trail(fresh) if row[5] == "twice"]
+    assert len(details) == 3 and details.count(details[-1]) == 2
+
+
+def test_skip_existing_keeps_the_trail_of_a_stored_token_and_imports_the_rest(
+    runner: CliRunner, zoo: dict[str, Any], fresh: Path
+) -> None:
+    lines = good_lines(runner)
+    tokens_part = [line for line in lines if '"type": "token"' in line]
+    events_part = [line for line in lines if '"type": "event"' in line]
+    stored_id = json.loads(tokens_part[0])["id"]
+    # Stored first, alone: its token line, and none of its events.
+    assert import_into(runner, fresh, tokens_part[0]).exit_code == 0
+    before = trail(fresh)
+    # Then the rest, the stored token's line left out but its events in (as a filtered
+    # export would give them): they are left out too, the others all go in.
+    text = "\n".join([*tokens_part[1:], *events_part])
+    result = import_into(runner, fresh, text, "--skip-existing")
+    assert result.exit_code == 0, result.output
+    added = trail(fresh)[len(before) :]
+    theirs = [json.loads(line) for line in events_part]
+    assert not any(row[2] == stored_id for row in added)
+    assert len(added) == len([e for e in theirs if e["token_id"] != stored_id]) + 1  # + import
+    # Without --skip-existing every event line goes in: here the stored token's too.
+    plain = fresh.with_name("plain.db")
+    assert import_into(runner, plain, "\n".join(events_part)).exit_code == 0
+    assert len(trail(plain)) == len(events_part) + 1

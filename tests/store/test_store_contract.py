@@ -15,7 +15,7 @@ import pytest
 from tokencli.domain.errors import StorageError
 from tokencli.domain.location import Location
 from tokencli.domain.model import AuditEvent, TokenFilter, TokenRecord, TokenState, ends_at
-from tokencli.store.base import IdCollisionError, Store
+from tokencli.store.base import IdCollisionError, Store, TokenPage
 from tokencli.store.factory import open_store
 
 from databases import RawDatabase
@@ -190,7 +190,7 @@ def test_revoke_matching_returns_ids_oldest_first(store: Store) -> None:
     assert (first, rest) == (["zz-old", "aa-new"], ["other", "mm-mid"])
 
 
-def test_iter_tokens_filters_combine_and_come_oldest_first(store: Store) -> None:
+def test_iter_tokens_filters_combine_and_come_by_id(store: Store) -> None:
     with store.transaction():
         store.insert_tokens(
             [
@@ -202,19 +202,19 @@ def test_iter_tokens_filters_combine_and_come_oldest_first(store: Store) -> None
                 token("revoked", created=NOW - 200, revoked=NOW - 5, expires=NOW - 1),
             ]
         )
-    assert ids(store) == ["a-valid", "b-valid", "young"]  # live by default; ties by ID
+    assert ids(store) == ["a-valid", "b-valid", "young"]  # live by default
     assert ids(store, states=None) == [
         "a-valid",
         "b-valid",
         "expired",
-        "used-up",
         "revoked",
+        "used-up",
         "young",
     ]
     assert ids(store, states=frozenset({TokenState.EXPIRED})) == ["expired"]  # revoked wins
     assert ids(store, states=frozenset({TokenState.USED_UP, TokenState.REVOKED})) == [
-        "used-up",
         "revoked",
+        "used-up",
     ]
     assert ids(store, states=frozenset()) == []
     assert ids(store, label="x") == ["a-valid", "b-valid", "young"]
@@ -262,6 +262,113 @@ def test_a_stream_consumed_inside_its_block(store: Store) -> None:
         events = list(store.iter_events())
     assert len(listed) == 2000 and events == []
     assert store.count_ended(NOW) == 1
+
+
+def page_ids(page: TokenPage) -> tuple[list[str], str | None]:
+    return [record.id for record in page.records], page.next
+
+
+def test_pages_go_by_id_and_say_where_the_next_starts(store: Store) -> None:
+    with store.transaction():
+        store.insert_tokens([token(f"t{i:02d}", created=NOW - i) for i in range(10)])
+    every = [f"t{i:02d}" for i in range(10)]
+    assert page_ids(store.page_tokens(EVERY, NOW, None, 4)) == (every[:4], "t03")
+    assert page_ids(store.page_tokens(EVERY, NOW, "t03", 4)) == (every[4:8], "t07")
+    assert page_ids(store.page_tokens(EVERY, NOW, "t07", 4)) == (every[8:], None)
+    assert page_ids(store.page_tokens(EVERY, NOW, "t07", 2)) == (every[8:], None)
+    assert page_ids(store.page_tokens(EVERY, NOW, "t09", 4)) == ([], None)
+    assert page_ids(store.page_tokens(EVERY, NOW, "t035", 4)) == (every[4:8], "t07")
+    assert page_ids(store.page_tokens(EVERY, NOW, "", 100)) == (every, None)
+    # The filter's limit is the caller's: a page is `size` long whatever it says.
+    assert page_ids(store.page_tokens(TokenFilter(states=None, limit=1), NOW, None, 3)) == (
+        every[:3],
+        "t02",
+    )
+
+
+def test_a_scan_bound_keeps_a_selective_page_short_and_the_walk_whole(store: Store) -> None:
+    with store.transaction():
+        store.insert_tokens(
+            [token(f"t{i:02d}", label="rare" if i in (3, 4, 15) else None) for i in range(20)]
+        )
+    rare = TokenFilter(label="rare")
+    assert page_ids(store.page_tokens(rare, NOW, None, 2, scan=5)) == (["t03", "t04"], "t04")
+    assert page_ids(store.page_tokens(rare, NOW, "t04", 2, scan=5)) == ([], "t09")
+    assert page_ids(store.page_tokens(rare, NOW, "t09", 2, scan=5)) == ([], "t14")
+    assert page_ids(store.page_tokens(rare, NOW, "t14", 2, scan=5)) == (["t15"], "t19")
+    assert page_ids(store.page_tokens(rare, NOW, "t19", 2, scan=5)) == ([], None)
+    # Fewer than `scan` tokens left: the page runs to the end and says so.
+    assert page_ids(store.page_tokens(rare, NOW, "t10", 2, scan=50)) == (["t15"], None)
+    assert page_ids(store.page_tokens(EVERY, NOW, "t16", 2, scan=3)) == (["t17", "t18"], "t18")
+
+
+@pytest.mark.parametrize("scan", [None, 3])
+def test_writes_between_pages_neither_skip_nor_repeat_a_token(
+    store: Store, scan: int | None
+) -> None:
+    """Pages cover ranges of IDs: a token stored before the first page and after the last
+    is read exactly once, whatever is inserted, revoked or deleted around it meanwhile."""
+    with store.transaction():
+        store.insert_tokens([token(f"t{i:02d}0") for i in range(12)])
+    seen: list[str] = []
+    deleted: set[str] = set()
+    after: str | None = None
+    step = 0
+    while True:
+        page = store.page_tokens(EVERY, NOW, after, 2, scan=scan)
+        seen += [record.id for record in page.records]
+        if page.next is None:
+            break
+        after = page.next
+        step += 1
+        gone = f"t{(step * 5) % 12:02d}0"  # ahead of the cursor or behind it
+        with store.transaction():
+            store.insert_tokens([token(f"t{step:02d}5"), token(f"a{step:02d}")])
+            store.revoke(gone, NOW - 1)
+        with store.transaction():
+            store.purge(NOW)
+        deleted.add(gone)
+    assert len(seen) == len(set(seen)) and seen == sorted(seen)
+    assert not any(token_id.startswith("a") for token_id in seen)  # all behind the cursor
+    kept = {f"t{i:02d}0" for i in range(12)} - deleted
+    assert kept and kept <= set(seen)
+    assert any(gone in seen for gone in deleted) and not deleted <= set(seen)
+
+
+def test_event_pages_walk_the_trail_oldest_first(store: Store) -> None:
+    events = [event(NOW + index // 3, "check", f"t{index:03d}") for index in range(10)]
+    with store.transaction():
+        store.record(events)
+    walked: list[AuditEvent] = []
+    page = store.page_events(None, 4)
+    while True:
+        assert len(page.events) <= 4
+        walked += page.events
+        if page.next is None:
+            break
+        page = store.page_events(page.next, 4)
+    assert walked == events
+    assert list(store.iter_events()) == events
+    assert store.page_events(None, 20).next is None
+
+
+def test_existing_events_finds_the_same_events_and_only_those(store: Store) -> None:
+    stored = [
+        event(NOW, "check", "t1"),
+        AuditEvent(NOW, "purge", None, "purged 3", "cli", None),
+        AuditEvent(NOW + 5, "check", "t2", "valid", "http", "note"),
+    ]
+    with store.transaction():
+        store.record(stored)
+    asked = [
+        *stored,
+        event(NOW, "check", "t2"),  # another token, same second
+        AuditEvent(NOW, "purge", None, "purged 3", "http", None),  # another source
+        AuditEvent(NOW + 5, "check", "t2", "valid", "http", None),  # no detail
+        event(NOW + 6, "check", "t1"),  # another second
+    ]
+    assert store.existing_events(asked) == set(stored)
+    assert store.existing_events([]) == set()
 
 
 def test_set_and_cut_expiry_move_the_end(store: Store) -> None:

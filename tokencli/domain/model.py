@@ -19,9 +19,11 @@ MAX_LABEL_LENGTH = 200
 MAX_SCOPES = 32
 SCOPE_PATTERN = re.compile(r"[a-z0-9:._-]{1,64}", re.ASCII)
 DEFAULT_AUDIT_RETENTION_SECONDS = 90 * 86_400
-# GET /app/tokens answers this many tokens unless its `limit` asks for up to the maximum.
-LIST_LIMIT_DEFAULT = 1000
-LIST_LIMIT_MAX = 100_000
+# GET /app/tokens answers a page of this many tokens, unless its `limit` asks for fewer:
+# a page is rendered on the server's loop, so it is kept well under a millisecond
+# (docs/design.md, "Listing in pages").
+LIST_LIMIT_MAX = 100
+LIST_LIMIT_DEFAULT = LIST_LIMIT_MAX
 # Bidirectional overrides and isolates: they can make text display as something it is not.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 

@@ -155,7 +155,17 @@ _LIST_PARAMETERS: list[dict[str, Any]] = [
     {
         "name": "limit",
         "in": "query",
+        "description": (
+            f"Tokens per page, 1 to {LIST_LIMIT_MAX} (the default); more is refused (400):"
+            " follow `next` instead"
+        ),
         "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "description": "Start after this token ID: the `next` of the previous page",
+        "schema": {"type": "string", "pattern": "^[a-z2-7]{12}$"},
     },
     {"name": "all", "in": "query", "schema": {"type": "boolean"}},
 ]
@@ -202,10 +212,17 @@ def _paths() -> dict[str, Any]:
                 **_admin(
                     "List tokens (never a secret); live ones unless filtered",
                     "list_tokens",
-                    _json({"$ref": "#/components/schemas/TokenList"}, "The tokens"),
+                    _json({"$ref": "#/components/schemas/TokenList"}, "One page of tokens"),
                     400,
                     401,
                     503,
+                ),
+                "description": (
+                    "A page of tokens by ID. Pass the answer's `next` as `after` for the"
+                    " following page, until `next` is null. A page may hold fewer tokens"
+                    " than `limit`, even none, and still have a `next`: each page looks at"
+                    " a bounded number of stored tokens. Pages never overlap: a token is"
+                    " listed at most once, as its page found it."
                 ),
                 "parameters": _LIST_PARAMETERS,
             }
@@ -356,7 +373,7 @@ def _schemas() -> dict[str, Any]:
         },
         "TokenList": {
             "type": "object",
-            "required": ["status_code", "tokens"],
+            "required": ["status_code", "tokens", "next"],
             "properties": {
                 "status_code": status_200,
                 "tokens": {
@@ -366,6 +383,11 @@ def _schemas() -> dict[str, Any]:
                         "required": list(_TOKEN_PROPERTIES),
                         "properties": _TOKEN_PROPERTIES,
                     },
+                },
+                "next": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "The `after` of the next page; null on the last",
                 },
             },
         },

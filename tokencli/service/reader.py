@@ -32,6 +32,7 @@ from tokencli.domain.model import (
     TokenRecord,
 )
 from tokencli.domain.rules import info, matches_nothing, state_at, validate_positive
+from tokencli.service.listing import PAGE_SCAN, Page, validate_page_size
 from tokencli.store.base import Store
 from tokencli.store.factory import open_store
 
@@ -120,25 +121,34 @@ class TokenReader:
         return info(record, state_at(record, self.now()))
 
     def list_tokens(self, selector: TokenFilter = LIVE) -> Iterator[TokenInfo]:
-        """The tokens the selector matches, oldest first, streamed from the store."""
+        """The tokens the selector matches, by ID, read from the store a page at a time."""
         now = self.now()
         for record in self.records(selector, now):
             yield info(record, state_at(record, now))
 
     def records(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
-        """The stored tokens the selector matches at `now`, oldest first, streamed."""
+        """The stored tokens the selector matches at `now`, by ID, a page at a time: no
+        read stays open between pages (service/listing.py says what a reader sees)."""
         if selector.limit is not None:
             validate_positive("limit", selector.limit, 2**62)
         if matches_nothing(selector):
             return iter(())
-        rows = self._store.iter_tokens(selector, now)
-        states = selector.states
-        if states is None:
-            return rows
-        # The store selects "live" by the moment a token ended; behind a clock stepped
-        # back past a revocation or a last use, that moment is still to come. A token's
-        # state is what state_at says, so that is what the rows are held to.
-        return (record for record in rows if state_at(record, now) in states)
+        return _in_states(self._store.iter_tokens(selector, now), selector, now)
+
+    def list_page(self, selector: TokenFilter, after: str | None, size: int) -> Page:
+        """One page of a listing (GET /app/tokens): at most `size` tokens by ID after
+        `after`, found among at most PAGE_SCAN stored ones, and where the next page starts.
+
+        A page may be short, even empty, and still have a `next`: read on until `next`
+        is None.
+        """
+        validate_page_size(size)
+        now = self.now()
+        if matches_nothing(selector):
+            return Page([], None)
+        page = self._store.page_tokens(selector, now, after, size, scan=PAGE_SCAN)
+        records = _in_states(iter(page.records), selector, now)
+        return Page([info(record, state_at(record, now)) for record in records], page.next)
 
     def would_revoke(
         self, names: Sequence[str], selector: TokenFilter | None = None
@@ -154,7 +164,14 @@ class TokenReader:
         missing.extend(NotFoundError(f"no token {i}") for i in named if i not in found)
         live = live_selection(selector)
         if live is not None:
-            chosen.extend(record.id for record in self.records(live, now) if record.id not in found)
+            # Listings go by ID; revoke says what it did oldest first (as the store's
+            # revoke_matching returns it), dry run or not.
+            oldest_first = sorted(
+                (record.created_at, record.id)
+                for record in self.records(live, now)
+                if record.id not in found
+            )
+            chosen.extend(token_id for _, token_id in oldest_first)
         return chosen, missing
 
     def _resolve_all(self, names: Sequence[str], missing: list[NotFoundError]) -> list[str]:
@@ -213,6 +230,21 @@ def live_selection(selector: TokenFilter | None) -> TokenFilter | None:
         return None
     live = selector._replace(states=LIVE.states, limit=None)
     return None if matches_nothing(live) else live
+
+
+def _in_states(
+    rows: Iterator[TokenRecord], selector: TokenFilter, now: int
+) -> Iterator[TokenRecord]:
+    """The rows whose state at `now` is one the selector asks for.
+
+    The store selects "live" by the moment a token ended; behind a clock stepped back past
+    a revocation or a last use, that moment is still to come. A token's state is what
+    state_at says, so that is what the rows are held to.
+    """
+    states = selector.states
+    if states is None:
+        return rows
+    return (record for record in rows if state_at(record, now) in states)
 
 
 def _shown(text: str) -> str:

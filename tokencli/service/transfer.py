@@ -6,24 +6,41 @@ For backups, and for moving a SQLite file to PostgreSQL:
 A line is one JSON object with a "type": "token" lines hold a token's public fields and
 the SHA-256 of the whole token (`"secret_hash": "sha256:<hex>"`), never a plaintext;
 "event" lines hold one audit event. Times are ISO 8601 UTC, as everywhere in tokencli.
-An import is one transaction: any bad line, or an ID already stored (unless
-skip_existing) or repeated, and nothing is imported.
+
+Export reads the store a page at a time (tokens by ID, then events by time), so it never
+holds one read open for as long as a slow pipe takes: each token is exported as it was
+when its page was read, and every event committed before the export began is in it.
+
+Import checks every line first, outside any transaction, then stores the whole input in
+one transaction: any bad line, or an ID already stored (unless skip_existing) or
+repeated, and nothing is imported. Every value import accepts, export writes back as the
+same text, so a backup restores.
 """
 
 from __future__ import annotations
 
 import calendar
+import datetime
 import json
-import time
+import marshal
+import re
+import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from tokencli.domain import tokens
 from tokencli.domain.errors import ConflictError, InvalidRequestError
-from tokencli.domain.model import MAX_USES, AuditEvent, TokenFilter, TokenRecord
+from tokencli.domain.model import (
+    MAX_TTL_SECONDS,
+    MAX_USES,
+    AuditEvent,
+    TokenFilter,
+    TokenRecord,
+)
 from tokencli.domain.rules import validate_label, validate_printable, validate_scopes
 from tokencli.service.reader import TokenReader
 from tokencli.service.service import TokenService
+from tokencli.service.views import event_json, iso_time
 
 FORMAT_TOKEN = "token"
 FORMAT_EVENT = "event"
@@ -43,6 +60,14 @@ _TOKEN_KEYS = {
 }
 _EVENT_KEYS = {"type", "at", "action", "token_id", "outcome", "source", "detail"}
 _HASH_PREFIX = "sha256:"
+_HASH = re.compile(r"sha256:[0-9a-fA-F]{64}", re.ASCII)
+_MOMENT = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z", re.ASCII)
+# The times a line may hold: four-digit years from the epoch on, as export writes them.
+EARLIEST = 0  # 1970-01-01T00:00:00Z
+LATEST = 253_402_300_799  # 9999-12-31T23:59:59Z
+# A token created later than this could be renewed (3650 days from its creation at most)
+# past LATEST, into a time no export line can hold.
+LATEST_CREATION = LATEST - MAX_TTL_SECONDS
 
 
 class ImportResult(NamedTuple):
@@ -53,23 +78,17 @@ class ImportResult(NamedTuple):
     events: int
 
 
-def _iso(epoch_seconds: int | None) -> str | None:
-    if epoch_seconds is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_seconds))
-
-
 def token_line(record: TokenRecord) -> dict[str, Any]:
     """The export object of one stored token."""
     return {
         "type": FORMAT_TOKEN,
         "id": record.id,
         "label": record.label,
-        "created_at": _iso(record.created_at),
-        "expires_at": _iso(record.expires_at),
+        "created_at": iso_time(record.created_at),
+        "expires_at": iso_time(record.expires_at),
         "uses_left": record.uses_left,
         "uses_limit": record.uses_limit,
-        "revoked_at": _iso(record.revoked_at),
+        "revoked_at": None if record.revoked_at is None else iso_time(record.revoked_at),
         "scopes": list(record.scopes),
         "secret_hash": _HASH_PREFIX + record.secret_hash.hex(),
     }
@@ -77,21 +96,14 @@ def token_line(record: TokenRecord) -> dict[str, Any]:
 
 def event_line(event: AuditEvent) -> dict[str, Any]:
     """The export object of one audit event."""
-    return {
-        "type": FORMAT_EVENT,
-        "at": _iso(event.at),
-        "action": event.action,
-        "token_id": event.token_id,
-        "outcome": event.outcome,
-        "source": event.source,
-        "detail": event.detail,
-    }
+    return {"type": FORMAT_EVENT, **event_json(event)}
 
 
 def export_objects(
     service: TokenReader, selector: TokenFilter, *, audit: bool
 ) -> Iterator[dict[str, Any]]:
-    """The tokens the selector matches, then (with `audit`) every audit event; streamed."""
+    """The tokens the selector matches, by ID, then (with `audit`) every audit event,
+    oldest first; read a page at a time (see the module docstring for what that gives)."""
     now = service.now()
     for record in service.records(selector, now):
         yield token_line(record)
@@ -100,66 +112,146 @@ def export_objects(
             yield event_line(event)
 
 
+# -- import ------------------------------------------------------------------------------
+
+
+class _Spool:
+    """Checked rows waiting for the transaction, in a temporary file (hashes, never a
+    secret), so neither memory nor the write lock grows with the input's length."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self._pending: list[tuple[Any, ...]] = []
+        self.count = 0
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        self._pending.append(tuple(row))
+        self.count += 1
+        if len(self._pending) >= _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            # Length-prefixed: marshal.loads of a whole chunk is many times faster than
+            # marshal.load reading the file object by object.
+            data = marshal.dumps(self._pending)
+            self._file.write(len(data).to_bytes(8, "big") + data)
+            self._pending = []
+
+    def chunks(self) -> Iterator[list[tuple[Any, ...]]]:
+        """Every row added, a chunk at a time, in order."""
+        self._flush()
+        self._file.seek(0)
+        while size := self._file.read(8):
+            yield marshal.loads(self._file.read(int.from_bytes(size, "big")))
+
+
 def import_lines(
     service: TokenService, lines: Iterable[str], *, skip_existing: bool = False
 ) -> ImportResult:
     """Store every token and event of an export, in one transaction.
 
-    A bad line is InvalidRequestError naming its number; an ID repeated in the input, or
-    already stored (without `skip_existing`), is ConflictError; either way nothing is
-    imported. With `skip_existing`, a stored token is left exactly as it is.
+    Every line is parsed and checked before the transaction starts, so the write lock is
+    held only while rows are inserted. A bad line is InvalidRequestError naming its
+    number; an ID repeated in the input, or already stored (without `skip_existing`), is
+    ConflictError; either way nothing is imported.
+
+    With `skip_existing`, a stored token is left exactly as it is, and so is its audit
+    trail: an event line about a token stored before this import is left out, and so is
+    one identical to an event already stored (same time, action, token, outcome, source
+    and detail). Importing the same export twice adds nothing the second time but the
+    import's own event. Without `skip_existing`, every event line is appended.
     """
+    with tempfile.TemporaryFile() as token_file, tempfile.TemporaryFile() as event_file:
+        token_rows, event_rows = _Spool(token_file), _Spool(event_file)
+        seen = _check_lines(lines, token_rows, event_rows)
+        with service.store.transaction():
+            skipped = _store_tokens(service, token_rows, skip_existing)
+            events = _store_events(service, event_rows, seen, skipped if skip_existing else None)
+            imported = token_rows.count - len(skipped)
+            if imported or events:
+                detail = f"{imported} tokens, {events} audit events"
+                now = service.now()
+                service.store.record(
+                    [AuditEvent(now, "import", None, "imported", service.source, detail)]
+                )
+    return ImportResult(imported, len(skipped), events)
+
+
+def _check_lines(lines: Iterable[str], token_rows: _Spool, event_rows: _Spool) -> set[str]:
+    """Parse and check every line into the spools; return the token IDs seen."""
     seen: set[str] = set()
-    imported = skipped = events = 0
-    pending_tokens: list[TokenRecord] = []
-    pending_events: list[AuditEvent] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        item = _parse_line(number, line)
+        if isinstance(item, TokenRecord):
+            if item.id in seen:
+                raise ConflictError(
+                    f"line {number}: token {item.id} appears twice; nothing was imported"
+                )
+            seen.add(item.id)
+            token_rows.add(item)
+        else:
+            event_rows.add(item)
+    return seen
 
-    def flush() -> None:
-        nonlocal imported, skipped, events
-        if pending_tokens:
-            if skip_existing:
-                stored = service.store.insert_missing(pending_tokens)
-                imported += stored
-                skipped += len(pending_tokens) - stored
-            else:
-                taken = service.store.existing_ids([record.id for record in pending_tokens])
-                if taken:
-                    raise ConflictError(
-                        f"token {min(taken)} is already stored; nothing was imported "
-                        "(--skip-existing leaves stored tokens as they are)"
-                    )
-                service.store.insert_tokens(pending_tokens)
-                imported += len(pending_tokens)
-            pending_tokens.clear()
-        if pending_events:
-            service.store.record(pending_events)
-            events += len(pending_events)
-            pending_events.clear()
 
-    with service.store.transaction():
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            item = _parse_line(number, line)
-            if isinstance(item, TokenRecord):
-                if item.id in seen:
-                    raise ConflictError(
-                        f"line {number}: token {item.id} appears twice; nothing was imported"
-                    )
-                seen.add(item.id)
-                pending_tokens.append(item)
-            else:
-                pending_events.append(item)
-            if len(pending_tokens) + len(pending_events) >= _CHUNK:
-                flush()
-        flush()
-        if imported or events:
-            detail = f"{imported} tokens, {events} audit events"
-            now = service.now()
-            service.store.record(
-                [AuditEvent(now, "import", None, "imported", service.source, detail)]
+def _store_tokens(service: TokenService, rows: _Spool, skip_existing: bool) -> set[str]:
+    """Insert the spooled tokens; return the IDs skipped as already stored."""
+    store = service.store
+    skipped: set[str] = set()
+    for chunk in rows.chunks():
+        records = [TokenRecord(*row) for row in chunk]
+        taken = store.existing_ids([record.id for record in records])
+        if taken and not skip_existing:
+            raise ConflictError(
+                f"token {min(taken)} is already stored; nothing was imported "
+                "(--skip-existing leaves stored tokens as they are)"
             )
-    return ImportResult(imported, skipped, events)
+        fresh = [record for record in records if record.id not in taken]
+        skipped |= taken
+        # On PostgreSQL another process may store one of these IDs meanwhile (SQLite's
+        # write lock rules that out): the import then stops, never half-merged.
+        if store.insert_missing(fresh) != len(fresh):
+            raise ConflictError(
+                "another process stored a token of the input during the import;"
+                " nothing was imported (try again)"
+            )
+    return skipped
+
+
+def _store_events(
+    service: TokenService, rows: _Spool, seen: set[str], skipped: set[str] | None
+) -> int:
+    """Append the spooled events; return how many were appended.
+
+    With `skipped` (skip_existing), an event is left out when it is about a token stored
+    before this import, or when the same event is stored already. Which ones is decided
+    for every chunk before any is appended, so only what was there before counts.
+    """
+    store = service.store
+    keep: bytearray | None = None
+    if skipped is not None:
+        keep = bytearray()
+        for chunk in rows.chunks():
+            events = [AuditEvent(*row) for row in chunk]
+            elsewhere = {e.token_id for e in events if e.token_id and e.token_id not in seen}
+            stored_before = skipped | (store.existing_ids(elsewhere) if elsewhere else set())
+            present = store.existing_events(events)
+            keep += bytes(
+                event.token_id not in stored_before and event not in present for event in events
+            )
+    appended = position = 0
+    for chunk in rows.chunks():
+        events = [AuditEvent(*row) for row in chunk]
+        if keep is not None:
+            flags = keep[position : position + len(events)]
+            position += len(events)
+            events = [event for event, kept in zip(events, flags, strict=True) if kept]
+        store.record(events)
+        appended += len(events)
+    return appended
 
 
 def _parse_line(number: int, line: str) -> TokenRecord | AuditEvent:
@@ -192,26 +284,29 @@ def _check_keys(item: dict[str, Any], allowed: set[str]) -> None:
         raise InvalidRequestError(f"missing field(s): {', '.join(sorted(missing))}")
 
 
-def _moment(value: object, name: str, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequestError(
-            f"{name} must be an ISO 8601 UTC time such as 2026-01-31T12:00:00Z"
-        )
-    try:
-        return calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ"))
+def _moment(value: object, name: str) -> int:
+    """An export line's time: exactly YYYY-MM-DDTHH:MM:SSZ (as export writes it), a real
+    UTC date and time from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z."""
+    match = _MOMENT.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        shown = f" {value[:40]!r}" if isinstance(value, str) else ""
+        raise InvalidRequestError(f"{name}{shown} is not a UTC time like 2026-01-31T12:00:00Z")
+    year, month, day, hour, minute, second = (int(part) for part in match.groups())
+    try:  # a real date, seconds 0-59 (no leap second: it would export as another time)
+        datetime.datetime(year, month, day, hour, minute, second)
     except ValueError:
-        raise InvalidRequestError(
-            f"{name} {value[:40]!r} is not like 2026-01-31T12:00:00Z"
-        ) from None
+        raise InvalidRequestError(f"{name} {value!r} is not a real date and time") from None
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if seconds < EARLIEST:
+        raise InvalidRequestError(f"{name} {value!r} is before 1970-01-01T00:00:00Z")
+    return seconds
 
 
-def _count(value: object, name: str) -> int | None:
+def _count(value: object, name: str, lowest: int) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_USES:
-        raise InvalidRequestError(f"{name} must be null or a whole number 0..{MAX_USES}")
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= MAX_USES:
+        raise InvalidRequestError(f"{name} must be null or a whole number {lowest}..{MAX_USES}")
     return value
 
 
@@ -222,33 +317,40 @@ def _text(value: object, name: str) -> str | None:
 
 
 def _token(item: dict[str, Any]) -> TokenRecord:
+    """A token line as a record, every field checked against what tokencli can store and
+    export again (the rules are listed in docs/design.md, "Command line")."""
     _check_keys(item, _TOKEN_KEYS)
     token_id = item["id"]
     if not isinstance(token_id, str) or not tokens.is_token_id(token_id):
         raise InvalidRequestError("id is not a token ID (12 characters of a-z, 2-7)")
     secret_hash = item["secret_hash"]
-    if not isinstance(secret_hash, str) or not secret_hash.startswith(_HASH_PREFIX):
-        raise InvalidRequestError('secret_hash must be "sha256:" and 64 hex digits')
-    digest = bytes.fromhex(secret_hash[len(_HASH_PREFIX) :])
-    if len(digest) != 32:
+    if not isinstance(secret_hash, str) or not _HASH.fullmatch(secret_hash):
         raise InvalidRequestError('secret_hash must be "sha256:" and 64 hex digits')
     scopes = item["scopes"]
     if not isinstance(scopes, list):
         raise InvalidRequestError("scopes must be an array of names")
     created_at = _moment(item["created_at"], "created_at")
+    if created_at > LATEST_CREATION:
+        raise InvalidRequestError(
+            f"created_at is after {iso_time(LATEST_CREATION)}: a renewal could not be exported"
+        )
     expires_at = _moment(item["expires_at"], "expires_at")
-    assert created_at is not None and expires_at is not None
     if expires_at < created_at:
         raise InvalidRequestError("expires_at is before created_at")
+    revoked = item["revoked_at"]
+    uses_limit = _count(item["uses_limit"], "uses_limit", 1)
+    uses_left = _count(item["uses_left"], "uses_left", 0)
+    if uses_limit is not None and (uses_left is None or uses_left > uses_limit):
+        raise InvalidRequestError("uses_left must be a number no greater than uses_limit")
     return TokenRecord(
         token_id,
         validate_label(_text(item.get("label"), "label")),
         created_at,
         expires_at,
-        _count(item["uses_left"], "uses_left"),
-        _moment(item["revoked_at"], "revoked_at", optional=True),
-        digest,
-        _count(item["uses_limit"], "uses_limit"),
+        uses_left,
+        None if revoked is None else _moment(revoked, "revoked_at"),
+        bytes.fromhex(secret_hash[len(_HASH_PREFIX) :]),
+        uses_limit,
         validate_scopes(scopes),
     )
 
@@ -256,7 +358,6 @@ def _token(item: dict[str, Any]) -> TokenRecord:
 def _event(item: dict[str, Any]) -> AuditEvent:
     _check_keys(item, _EVENT_KEYS)
     at = _moment(item["at"], "at")
-    assert at is not None
     token_id = _text(item.get("token_id"), "token_id")
     if token_id is not None and not tokens.is_token_id(token_id):
         raise InvalidRequestError("token_id is not a token ID")

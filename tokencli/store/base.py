@@ -22,10 +22,11 @@ Rules every caller keeps (the stores differ where these are broken):
   StorageError and nothing is saved, where SQLite would have committed the rest. To go on
   after a statement that may fail, wrap it in a nested `transaction()` (a savepoint) and
   catch outside that.
-- An iterator (`iter_tokens`, `iter_events`) opened inside a `transaction()` or `batch()`
-  must be consumed or closed before the block ends: on PostgreSQL its cursor lives in the
-  transaction and dies with it. Opened outside any block, it may be read at leisure, and
-  the connection can be used meanwhile.
+- Listings are read in pages by key (`page_tokens` by token ID, `page_events` by time
+  and event ID), each page one short query: outside a block no read transaction (no
+  SQLite snapshot, no PostgreSQL cursor) stays open between pages, so a slow reader
+  (`list | less`) never holds back a WAL checkpoint. `iter_tokens` and `iter_events`
+  walk the pages; they may be read at leisure and the connection used meanwhile.
 - Scopes handed to `insert_tokens` and `insert_missing` are sorted and each given once
   (`rules.validate_scopes` makes them so); stores keep them as given.
 """
@@ -34,10 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from tokencli.domain.errors import StorageError
 from tokencli.domain.model import AuditEvent, Counts, TokenFilter, TokenRecord
+
+# Rows per page when a listing or an export walks a store: one short read each.
+PAGE_ROWS = 1000
 
 
 class IdCollisionError(StorageError):
@@ -46,6 +50,28 @@ class IdCollisionError(StorageError):
 
 class StoreBusy(StorageError):
     """The write lock was not had within the wait asked for; nothing ran, try later."""
+
+
+class TokenPage(NamedTuple):
+    """One page of tokens in ID order, and where the next page starts.
+
+    `next` is the ID to continue after (pass it as `after`), or None when no stored token
+    lies past this page. The page covers the IDs after `after` up to `next`: pages never
+    overlap, so a token is read at most once however the tokens change between pages.
+    """
+
+    records: list[TokenRecord]
+    next: str | None
+
+
+EventKey = tuple[int, int]  # (time, event ID): the order of the audit trail
+
+
+class EventPage(NamedTuple):
+    """One page of audit events, oldest first, and the key to continue after (None: done)."""
+
+    events: list[AuditEvent]
+    next: EventKey | None
 
 
 class Store(Protocol):
@@ -149,9 +175,26 @@ class Store(Protocol):
     def cut_expiry(self, token_id: str, latest: int) -> None:
         """Make a token expire no later than `latest`, and never before its creation."""
 
+    def page_tokens(
+        self,
+        selector: TokenFilter,
+        now: int,
+        after: str | None,
+        size: int,
+        scan: int | None = None,
+    ) -> TokenPage:
+        """The next `size` tokens (at most) the filter selects at `now`, by ID after `after`.
+
+        With `scan`, only the first `scan` stored IDs after `after` are looked at, so a
+        filter that matches few tokens costs a bounded read: the page may then hold fewer
+        than `size` tokens (even none) and still have a `next`. The filter's `limit` is
+        the caller's to apply.
+        """
+        ...
+
     def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
-        """The tokens the filter selects at `now`, oldest first (by creation, then ID),
-        streamed (flat memory). Inside a block, consume it before the block ends."""
+        """The tokens the filter selects at `now`, by ID, read a page at a time
+        (`tokens_in_pages`): flat memory, and nothing held open between pages."""
         ...
 
     def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
@@ -183,9 +226,17 @@ class Store(Protocol):
         """The newest `limit` events matching the filters, oldest first."""
         ...
 
+    def existing_events(self, events: Sequence[AuditEvent]) -> set[AuditEvent]:
+        """The events among `events` that are stored already: a row with the same time,
+        action, token, outcome, source and detail (import --skip-existing)."""
+        ...
+
+    def page_events(self, after: EventKey | None, size: int) -> EventPage:
+        """The next `size` audit events (at most) after the key `after`, oldest first."""
+        ...
+
     def iter_events(self) -> Iterator[AuditEvent]:
-        """Every audit event, oldest first, streamed (for export). Inside a block, consume
-        it before the block ends."""
+        """Every audit event, oldest first, a page at a time (`events_in_pages`)."""
         ...
 
     def drop_events_before(self, cutoff: int) -> int:
@@ -227,3 +278,41 @@ class Backend(Protocol):
         """Backend figures for metrics, e.g. {"wal_bytes": 123.0}; empty when none. A name
         ending in `_total` is a count that only grows (exposed as a counter)."""
         ...
+
+
+def tokens_in_pages(
+    store: Store, selector: TokenFilter, now: int, size: int = PAGE_ROWS
+) -> Iterator[TokenRecord]:
+    """Every token the filter selects, by ID, one page (one short query) at a time, up
+    to the filter's `limit`. A token is listed at most once, in its state when its page
+    was read; one stored from before the first page to after the last is listed once."""
+    left = selector.limit
+    after: str | None = None
+    while left is None or left > 0:
+        page = store.page_tokens(selector, now, after, size if left is None else min(size, left))
+        yield from page.records
+        if left is not None:
+            left -= len(page.records)
+        if page.next is None:
+            return
+        after = page.next
+
+
+def events_in_pages(store: Store, size: int = PAGE_ROWS) -> Iterator[AuditEvent]:
+    """Every audit event, oldest first, one page (one short query) at a time."""
+    after: EventKey | None = None
+    while True:
+        page = store.page_events(after, size)
+        yield from page.events
+        if page.next is None:
+            return
+        after = page.next
+
+
+def finish_page(rows: list[TokenRecord], size: int, bound: str | None) -> TokenPage:
+    """A page from up to `size + 1` rows read in ID order within the IDs up to `bound`
+    (None: to the end): a row past `size` means more follow the page's last."""
+    if len(rows) > size:
+        del rows[size:]
+        return TokenPage(rows, rows[-1].id)
+    return TokenPage(rows, bound)

@@ -1,5 +1,5 @@
 """One connection to tokencli's schema in a PostgreSQL database: transactions, savepoints,
-the group-commit batch, deferred statements, streams, bounded waits, and psycopg's errors
+the group-commit batch, deferred statements, bounded waits, and psycopg's errors
 turned into messages for the operator (never holding a password).
 
 The queries are in queries.py (`PostgresStore` extends `PostgresConnection`); the schema
@@ -60,10 +60,8 @@ NOT_INSTALLED = (
     "checkout (or pip install 'psycopg[binary]>=3.2' where tokencli is installed)"
 )
 
-_ITER_SIZE = 2000  # rows per FETCH when streaming
 PREPARE_THRESHOLD = 5  # psycopg's default: prepare a statement on its 5th run
 
-T = TypeVar("T")
 RV = TypeVar("RV")
 
 _BEGIN = "BEGIN"
@@ -256,7 +254,6 @@ class PostgresConnection:
         # Statements waiting to leave with the next one: (statement, parameters).
         self._pending: list[tuple[str, Params]] = []
         self._flushes = 0  # times statements left for the server, to tell a block untouched
-        self._cursors = 0
 
     @property
     def location(self) -> str:
@@ -427,37 +424,3 @@ class PostgresConnection:
     def ping(self) -> None:
         """Raise StorageError unless the database answers."""
         self._execute("SELECT 1")
-
-    def _stream(self, query: Statement, params: Params, make: Callable[[Any], T]) -> Iterator[T]:
-        """Rows through a server-side cursor, `_ITER_SIZE` at a time: flat memory.
-
-        Inside a block the cursor lives in its transaction (read it before the block
-        ends). Outside, it is declared WITH HOLD in a pinned transaction of its own:
-        PostgreSQL runs the query to the end at its COMMIT and keeps the result server
-        side, so no transaction, snapshot or lock stays open for as long as a slow reader
-        (`list | less`) takes; the cost is the server's temp space. Such a cursor belongs
-        to the server session: a pooler in transaction mode may send a later FETCH to
-        another one (StorageError says so).
-        """
-        self._cursors += 1
-        with self._errors():
-            cursor = self._connection.cursor(
-                name=f"tokencli_stream_{self._cursors}", withhold=self._depth == 0
-            )
-        try:
-            with self._block() if self._depth == 0 else contextlib.nullcontext():
-                if self._pending:  # a cursor cannot be declared in a pipeline: send them first
-                    statement, arguments = self._pending.pop()
-                    self._send(statement, arguments)
-                with self._errors():
-                    cursor.execute(query, params)
-            while True:
-                with self._errors():
-                    rows = cursor.fetchmany(_ITER_SIZE)
-                if not rows:
-                    return
-                for row in rows:
-                    yield make(row)
-        finally:
-            with contextlib.suppress(psycopg.Error):
-                cursor.close()

@@ -21,6 +21,14 @@ from tokencli.domain.model import (
     TokenState,
     ends_at,
 )
+from tokencli.store.base import (
+    EventKey,
+    EventPage,
+    TokenPage,
+    events_in_pages,
+    finish_page,
+    tokens_in_pages,
+)
 from tokencli.store.postgres.connection import INSTALLED, PostgresConnection
 
 if INSTALLED:
@@ -162,7 +170,20 @@ _SQL = {
              WITH ORDINALITY AS e({_EVENT_COLUMNS}, n)
         ORDER BY n
         """,
-    "all_events": f"SELECT {_EVENT_COLUMNS} FROM {{audit}} ORDER BY at, id",
+    # The audit trail in (at, id) order, a page at a time (ORDER BY uses the columns'
+    # default btree order, which no search path can change).
+    "events_at": f"SELECT {_EVENT_COLUMNS} FROM {{audit}} WHERE at {EQ} ANY(%s::bigint[])",
+    "first_events": f"""
+        SELECT at, id, {_EVENT_COLUMNS} FROM {{audit}} ORDER BY at, id LIMIT %(rows)s
+        """,
+    "next_events": f"""
+        SELECT at, id, {_EVENT_COLUMNS} FROM {{audit}}
+        WHERE at {GT} %(at)s OR (at {EQ} %(at)s AND id {GT} %(id)s)
+        ORDER BY at, id LIMIT %(rows)s
+        """,
+    "scan_bound": f"""
+        SELECT id FROM {{tokens}} WHERE id {GT} %(after)s ORDER BY id LIMIT 1 OFFSET %(skip)s
+        """,
     "drop_events": f"DELETE FROM {{audit}} WHERE at {LT} %s",
     "size": f"""
         SELECT coalesce(pg_catalog.sum(pg_catalog.pg_total_relation_size(c.oid)), 0)
@@ -309,7 +330,7 @@ class PostgresStore(PostgresConnection):
 
     def revoke_matching(self, selector: TokenFilter, now: int) -> list[str]:
         """Revoke every live token the filter selects (states, limit ignored); oldest first."""
-        where, params = _where(selector._replace(states=frozenset({TokenState.VALID})), now)
+        where, params = _where(selector._replace(states=frozenset({TokenState.VALID})), now, [])
         query = sql.SQL(
             "WITH revoked AS (UPDATE {tokens} SET revoked_at = coalesce(revoked_at, %(now)s),"
             " ends_at = LEAST(ends_at, %(now)s) {where} RETURNING id, created_at)"
@@ -325,21 +346,42 @@ class PostgresStore(PostgresConnection):
         """Make a token expire no later than `latest`, and never before its creation."""
         self._write(self._sql["cut_expiry"], {"id": token_id, "latest": latest})
 
-    def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
-        """The tokens the filter selects at `now`, oldest first, streamed by a cursor."""
-        where, params = _where(selector, now)
-        limit = sql.SQL("")
-        if selector.limit is not None:
-            limit = sql.SQL(" LIMIT %(limit)s")
-            params["limit"] = selector.limit
-        query = sql.SQL("SELECT {columns} FROM {tokens} {where} ORDER BY created_at, id{limit}")
+    def page_tokens(
+        self,
+        selector: TokenFilter,
+        now: int,
+        after: str | None,
+        size: int,
+        scan: int | None = None,
+    ) -> TokenPage:
+        """The next `size` tokens the filter selects, by ID after `after` (base.py): two
+        primary-key index reads, none longer than `scan` rows when `scan` is given."""
+        extra = [f"id {GT} %(after)s"]
+        params: dict[str, Any] = {"after": after or "", "rows": size + 1}
+        bound = None
+        if scan is not None:
+            # The last of the next `scan` IDs bounds the page by range, not by count, so
+            # tokens written between the two reads can neither be skipped nor repeated.
+            found = self._rows(
+                self._sql["scan_bound"], {"after": params["after"], "skip": scan - 1}
+            )
+            if found:
+                bound = str(found[0][0])
+                extra.append(f"id {LE} %(bound)s")
+                params["bound"] = bound
+        where, filtering = _where(selector, now, extra)
+        query = sql.SQL("SELECT {columns} FROM {tokens} {where} ORDER BY id LIMIT %(rows)s")
         composed = query.format(
             columns=sql.SQL(_TOKEN_COLUMNS),
             tokens=sql.Identifier(self._schema, "tokens"),
             where=where,
-            limit=limit,
         )
-        return self._stream(composed, params, _record)
+        rows = self._rows(composed, {**params, **filtering})
+        return finish_page([_record(row) for row in rows], size, bound)
+
+    def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
+        """The tokens the filter selects at `now`, by ID, a page (one short query) at a time."""
+        return tokens_in_pages(self, selector, now)
 
     def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens whose ID starts with `prefix`, by ID."""
@@ -404,18 +446,43 @@ class PostgresStore(PostgresConnection):
         )
         return [AuditEvent(*row) for row in self._rows(query, params)]
 
+    def existing_events(self, events: Sequence[AuditEvent]) -> set[AuditEvent]:
+        """The events among `events` already stored: the rows at their seconds (one
+        query through the (at, id) index), compared whole."""
+        wanted = set(events)
+        if not wanted:
+            return set()
+        moments = sorted({event.at for event in wanted})
+        rows = self._rows(self._sql["events_at"], (moments,))
+        return {event for event in map(AuditEvent._make, rows) if event in wanted}
+
+    def page_events(self, after: EventKey | None, size: int) -> EventPage:
+        """The next `size` audit events after the key `after`, oldest first: a walk of
+        the (at, id) index."""
+        if after is None:
+            rows = self._rows(self._sql["first_events"], {"rows": size})
+        else:
+            rows = self._rows(
+                self._sql["next_events"], {"at": after[0], "id": after[1], "rows": size}
+            )
+        events = [AuditEvent(*row[2:]) for row in rows]
+        return EventPage(events, (rows[-1][0], rows[-1][1]) if len(rows) == size else None)
+
     def iter_events(self) -> Iterator[AuditEvent]:
-        """Every audit event, oldest first, streamed by a cursor."""
-        return self._stream(self._sql["all_events"], None, lambda row: AuditEvent(*row))
+        """Every audit event, oldest first, a page (one short query) at a time."""
+        return events_in_pages(self)
 
     def drop_events_before(self, cutoff: int) -> int:
         """Delete audit events older than `cutoff`; return how many."""
         return self._write(self._sql["drop_events"], (cutoff,))
 
 
-def _where(selector: TokenFilter, now: int) -> tuple[sql.SQL, dict[str, Any]]:
-    """The WHERE clause (conditions ANDed) and its parameters for a token filter."""
-    conditions: list[str] = []
+def _where(
+    selector: TokenFilter, now: int, conditions: list[str]
+) -> tuple[sql.SQL, dict[str, Any]]:
+    """The WHERE clause and its parameters for a token filter, after the `conditions`
+    given (all ANDed)."""
+    conditions = list(conditions)
     params: dict[str, Any] = {"now": now}
     if selector.states is not None:
         # States that no stored token can be in (malformed, unknown...) select nothing.

@@ -8,6 +8,7 @@ the file is sqlite/opening.py.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +27,8 @@ from tokencli.store.sqlite.opening import (
 from tokencli.store.sqlite.schema import migrate
 
 BUSY_TIMEOUT_MS = int(BUSY_TIMEOUT_SECONDS * 1000)
+# Bytes the WAL file is cut back to once checkpointed (`PRAGMA journal_size_limit`).
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
 class FileWatch:
@@ -80,7 +83,18 @@ class SQLiteConnection:
         if opened is None:
             return cls.empty()
         connection, held = opened
-        return cls(connection, path, write_lock, watch, writable=not read_only, held=held)
+        store = cls(connection, path, write_lock, watch, writable=not read_only, held=held)
+        if not read_only:
+            try:
+                with store._errors():
+                    # The writer that starts the WAL over after a checkpoint cuts the
+                    # file back to this size: a WAL a slow reader once let grow does
+                    # not keep its gigabyte for good.
+                    connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            except BaseException:
+                store.close()
+                raise
+        return store
 
     @classmethod
     def empty(cls) -> Self:
@@ -231,12 +245,35 @@ class SQLiteConnection:
 
         The first pass runs while others write and so may never reach the end of a busy
         WAL; the second holds the write lock for the little that is left, so the next
-        writer can start the WAL over instead of letting it grow without end.
+        writer can start the WAL over instead of letting it grow without end. When that
+        pass copied everything and the file is still big (a slow reader held the WAL
+        back for a while), it is truncated, unless some reader still reads it: that
+        check does not wait (the next turn tries again).
         """
         with self._errors():
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
             with self._write_lock or contextlib.nullcontext():
-                self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                _, frames, copied = self._connection.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                ).fetchone()
+                if frames == copied and self._wal_bytes() > WAL_SIZE_LIMIT:
+                    self._truncate_wal()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def _truncate_wal(self) -> None:
+        """Empty the (wholly copied) WAL file now if no reader is in it; never wait."""
+        connection = self._connection
+        waited = connection.execute("PRAGMA busy_timeout").fetchone()[0]
+        connection.execute("PRAGMA busy_timeout = 0")
+        try:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {int(waited)}")
 
     def ping(self) -> None:
         """Prove the database answers, at the cost of one page read."""
@@ -248,15 +285,6 @@ class SQLiteConnection:
         """Run one write statement (inside `transaction()`); return the rows it changed."""
         with self._errors():
             return self._connection.execute(sql, parameters).rowcount
-
-    def _stream(self, cursor: sqlite3.Cursor) -> Iterator[Any]:
-        """A query's rows a thousand at a time, so a listing of millions stays small."""
-        while True:
-            with self._errors():
-                rows = cursor.fetchmany(1000)
-            if not rows:
-                return
-            yield from rows
 
     def _rows(
         self, sql: str, parameters: Sequence[object] | Mapping[str, object] = ()

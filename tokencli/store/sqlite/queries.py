@@ -17,7 +17,15 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from tokencli.domain.model import AuditEvent, Counts, TokenFilter, TokenRecord, TokenState, ends_at
-from tokencli.store.base import IdCollisionError
+from tokencli.store.base import (
+    EventKey,
+    EventPage,
+    IdCollisionError,
+    TokenPage,
+    events_in_pages,
+    finish_page,
+    tokens_in_pages,
+)
 from tokencli.store.sqlite.connection import SQLiteConnection
 
 _TOKEN_COLUMNS = (
@@ -159,7 +167,7 @@ class SQLiteStore(SQLiteConnection):
 
     def revoke_matching(self, selector: TokenFilter, now: int) -> list[str]:
         """Revoke every live token the filter selects; return their IDs, oldest first."""
-        where, parameters = _where(selector._replace(states=frozenset({TokenState.VALID})), now)
+        where, parameters = _where(selector._replace(states=frozenset({TokenState.VALID})), now, [])
         ids = [
             row[0]
             for row in self._rows(
@@ -192,17 +200,40 @@ class SQLiteStore(SQLiteConnection):
             (token_id, latest),
         )
 
-    def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
-        """The tokens the filter selects at `now`, oldest first, streamed from the cursor."""
-        where, parameters = _where(selector, now)
-        limit = "" if selector.limit is None else f" LIMIT {int(selector.limit)}"
-        with self._errors():
-            cursor = self._connection.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at, id{limit}",
-                parameters,
+    def page_tokens(
+        self,
+        selector: TokenFilter,
+        now: int,
+        after: str | None,
+        size: int,
+        scan: int | None = None,
+    ) -> TokenPage:
+        """The next `size` tokens the filter selects, by ID after `after` (base.py): two
+        primary-key range reads, none longer than `scan` rows when `scan` is given."""
+        parameters: dict[str, object] = {"after": after or "", "rows": size + 1}
+        conditions = ["id > :after"]
+        bound = None
+        if scan is not None:
+            # The last of the next `scan` IDs bounds the page by range, not by count, so
+            # tokens written between the two reads can neither be skipped nor repeated.
+            found = self._rows(
+                "SELECT id FROM tokens WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?",
+                (parameters["after"], scan - 1),
             )
-        for row in self._stream(cursor):
-            yield _record(row)
+            if found:
+                bound = str(found[0][0])
+                conditions.append("id <= :bound")
+                parameters["bound"] = bound
+        where, filtering = _where(selector, now, conditions)
+        rows = self._rows(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY id LIMIT :rows",
+            {**parameters, **filtering},
+        )
+        return finish_page([_record(row) for row in rows], size, bound)
+
+    def iter_tokens(self, selector: TokenFilter, now: int) -> Iterator[TokenRecord]:
+        """The tokens the filter selects at `now`, by ID, a page (one short read) at a time."""
+        return tokens_in_pages(self, selector, now)
 
     def live_ids(self, now: int, prefix: str, limit: int) -> list[tuple[str, str | None]]:
         """(ID, label) of live tokens whose ID starts with `prefix`, for shell completion."""
@@ -281,21 +312,43 @@ class SQLiteStore(SQLiteConnection):
         )
         return [AuditEvent(*row) for row in rows]
 
+    def existing_events(self, events: Sequence[AuditEvent]) -> set[AuditEvent]:
+        """The events among `events` already stored: the rows at their seconds, compared
+        whole (the index on `at` finds them)."""
+        wanted = set(events)
+        moments = sorted({event.at for event in wanted})
+        found: set[AuditEvent] = set()
+        for start in range(0, len(moments), _IDS_PER_QUERY):
+            chunk = moments[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._rows(f"SELECT {_EVENT_COLUMNS} FROM audit WHERE at IN ({marks})", chunk)
+            found.update(event for event in map(AuditEvent._make, rows) if event in wanted)
+        return found
+
+    def page_events(self, after: EventKey | None, size: int) -> EventPage:
+        """The next `size` audit events after the key `after`, oldest first (the index on
+        `at` holds the row ID too, so the walk is an index range read)."""
+        where = "" if after is None else "WHERE (at, id) > (?, ?)"
+        rows = self._rows(
+            f"SELECT at, id, {_EVENT_COLUMNS} FROM audit {where} ORDER BY at, id LIMIT ?",
+            (*(after or ()), size),
+        )
+        events = [AuditEvent(*row[2:]) for row in rows]
+        return EventPage(events, (rows[-1][0], rows[-1][1]) if len(rows) == size else None)
+
     def iter_events(self) -> Iterator[AuditEvent]:
-        """Every audit event, oldest first, streamed."""
-        with self._errors():
-            cursor = self._connection.execute(f"SELECT {_EVENT_COLUMNS} FROM audit ORDER BY at, id")
-        for row in self._stream(cursor):
-            yield AuditEvent(*row)
+        """Every audit event, oldest first, a page (one short read) at a time."""
+        return events_in_pages(self)
 
     def drop_events_before(self, cutoff: int) -> int:
         """Delete audit events older than `cutoff` (one indexed DELETE)."""
         return self._write("DELETE FROM audit WHERE at < ?", (cutoff,))
 
 
-def _where(selector: TokenFilter, now: int) -> tuple[str, dict[str, object]]:
-    """The WHERE clause and its parameters for a token filter at `now`."""
-    conditions: list[str] = []
+def _where(selector: TokenFilter, now: int, conditions: list[str]) -> tuple[str, dict[str, object]]:
+    """The WHERE clause and its parameters for a token filter at `now`, after the
+    `conditions` given (ANDed)."""
+    conditions = list(conditions)
     parameters: dict[str, object] = {"now": now}
     if selector.states is not None:
         states = " OR ".join(_STATE_SQL[state] for state in sorted(selector.states))
