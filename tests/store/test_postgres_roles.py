@@ -327,6 +327,11 @@ def test_every_name_in_our_sql_is_qualified(shadowed: Arena, schema: str) -> Non
     assert stats.counts.revoked == 4 and stats.size_bytes
     assert service.audit(limit=100)
     exported = [json.dumps(line) for line in export_objects(service, EVERY_TOKEN, audit=True)]
+    # Pages of GET /app/tokens (their scan bound) and of the audit trail after a key.
+    page = service.list_page(EVERY_TOKEN, None, 2)
+    assert len(page.tokens) == 2 and page.next is not None
+    assert service.list_page(EVERY_TOKEN, page.next, 2).tokens
+    assert store.page_events((0, 0), 3).events
     with store.transaction():  # a stream inside a block: a cursor in the transaction
         assert len(list(store.iter_tokens(EVERY_TOKEN, NOW))) == 5
     clock.advance(10_000)
