@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from tokencli.domain.location import Location
-from tokencli.http.api import Answer, ApiConfig, answer_requests
+from tokencli.http.answers import Answer, ApiConfig
+from tokencli.http.api import answer_requests
 from tokencli.http.http11 import Request
 from tokencli.http.keys import ADMIN_KEY_ENV, VALIDATE_KEY_ENV
 from tokencli.server.accesslog import AccessLogFormat

@@ -23,7 +23,7 @@ from tokencli.domain.model import (
     TokenRecord,
     TokenState,
 )
-from tokencli.http.api import ApiConfig, Keys
+from tokencli.http.answers import ApiConfig, Keys
 from tokencli.http.http11 import Request
 from tokencli.service.service import TokenService
 from tokencli.store.sqlite.queries import SQLiteStore

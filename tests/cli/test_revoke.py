@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from tokencli.cli.app import app
 from tokencli.domain.model import EVERY_TOKEN, TokenState
-from tokencli.http.api import ApiConfig, Keys
+from tokencli.http.answers import ApiConfig, Keys
 from tokencli.http.http11 import Request
 from tokencli.service.service import TokenService
 

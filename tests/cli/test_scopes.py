@@ -25,7 +25,7 @@ from tokencli.domain import tokens
 from tokencli.domain.errors import InvalidRequestError
 from tokencli.domain.model import MAX_SCOPES, TokenState
 from tokencli.domain.rules import validate_scope, validate_scopes
-from tokencli.http.api import ApiConfig
+from tokencli.http.answers import ApiConfig
 from tokencli.http.http11 import Request
 from tokencli.service.checking import Presented
 from tokencli.service.service import TokenService

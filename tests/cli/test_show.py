@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from tokencli.cli.app import app
 from tokencli.cli.output import TABLE_HEADERS
 from tokencli.domain import tokens
-from tokencli.http.api import ApiConfig, Keys
+from tokencli.http.answers import ApiConfig, Keys
 from tokencli.http.http11 import Request
 from tokencli.service.service import TokenService
 from tokencli.service.views import iso_time

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from tokencli.domain import tokens
 from tokencli.domain.model import TokenState
-from tokencli.http import api, openapi
-from tokencli.http.api import MAX_JSON_DEPTH, Answer, ApiConfig, Keys, parse_json_body
+from tokencli.http import answers, api, openapi, routes
+from tokencli.http.answers import Answer, ApiConfig, Keys
+from tokencli.http.bodies import MAX_JSON_DEPTH, parse_json_body
 from tokencli.http.http11 import HttpError, Request
 from tokencli.http.metrics import Counters
 from tokencli.service.service import TokenService
@@ -51,7 +52,7 @@ def request(
 
 
 def payload(answer: Answer) -> Any:
-    assert answer.content_type == api.JSON
+    assert answer.content_type == answers.JSON
     return json.loads(answer.body)
 
 
@@ -149,9 +150,9 @@ def test_every_route_answers(http_service: TokenService, clock: Clock) -> None:
     assert config.counters.issued == 1 and config.counters.purged == 2
     assert config.counters.verdicts == {"valid": 2, "insufficient_scope": 1}
     for target, content_type in (
-        ("/docs", api.HTML),
-        ("/redoc", api.HTML),
-        ("/metrics", api.METRICS_TYPE),
+        ("/docs", answers.HTML),
+        ("/redoc", answers.HTML),
+        ("/metrics", answers.METRICS_TYPE),
     ):
         answer = answer_one(http_service, request("GET", target), config)
         assert (int(answer.status), answer.content_type, answer.route) == (
@@ -173,7 +174,7 @@ def test_every_route_in_the_table_is_documented_and_reachable() -> None:
         for method in item
         if method != "parameters"
     }
-    assert {(route.method, route.template) for route in api.ROUTES} == documented
+    assert {(route.method, route.template) for route in routes.ROUTES} == documented
 
 
 def test_validation_answers_say_what_happened(http_service: TokenService) -> None:
@@ -256,7 +257,7 @@ def test_without_a_service_what_needs_the_store_is_503_and_the_rest_answers() ->
     ]
     for refused in api.answer_requests(None, needs_store, config):
         assert int(refused.status) == 503
-        assert payload(refused) == {"status_code": 503, "detail": api.UNAVAILABLE}
+        assert payload(refused) == {"status_code": 503, "detail": answers.UNAVAILABLE}
     for target in ("/openapi.json", "/docs", "/redoc", "/metrics"):
         assert int(answer_one(None, request("GET", target), config).status) == 200
     assert int(answer_one(None, request("GET", "/nope"), config).status) == 404
@@ -303,12 +304,12 @@ def test_the_key_rules(http_service: TokenService, config_name: str, presented_n
     keys = KEY_CONFIGS[config_name]
     presented = PRESENTED[presented_name]
     config = ApiConfig(keys, metrics_page=lambda: b"m\n")
-    for kind, routes in (
+    for kind, table in (
         ("admin", ADMIN_ROUTES),
         ("validate", VALIDATE_ROUTES),
         ("open", OPEN_ROUTES),
     ):
-        for method, target in routes:
+        for method, target in table:
             body = {"token": "x"} if target == "/app/valid" else None
             answer = answer_one(http_service, request(method, target, body, key=presented), config)
             refused = expected_refusal(kind, keys, presented)
@@ -471,16 +472,16 @@ def test_a_handler_bug_is_that_requests_500_alone(
     token = http_service.issue(uses=2, label="secret-ish label").token
     token_id = token.split(":")[0]
 
-    def broken(call: api.Call) -> Answer:
+    def broken(call: answers.Call) -> Answer:
         raise RuntimeError(f"bug while showing {call.request.target} {token}")
 
-    routes = tuple(
+    patched = tuple(
         route._replace(handler=broken)
         if (route.method, route.template) == ("GET", "/app/tokens/{id}")
         else route
-        for route in api.ROUTES
+        for route in routes.ROUTES
     )
-    monkeypatch.setattr(api, "ROUTES", routes)
+    monkeypatch.setattr(api, "ROUTES", patched)
     reported: list[str] = []
     config = ApiConfig(report=reported.append)
     answers = batch(
@@ -506,13 +507,13 @@ def test_a_handler_bug_is_that_requests_500_alone(
 def test_unmatched_and_refused_requests_never_reach_a_handler(
     http_service: TokenService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def boom(call: api.Call) -> Answer:
+    def boom(call: answers.Call) -> Answer:
         raise AssertionError("reached")
 
     monkeypatch.setattr(
         api,
         "ROUTES",
-        tuple(route._replace(handler=boom) if route.handler else route for route in api.ROUTES),
+        tuple(route._replace(handler=boom) if route.handler else route for route in routes.ROUTES),
     )
     config = ApiConfig(Keys(admin=ADMIN_KEY))
     for sent in (request("POST", "/app/token"), request("GET", "/app/tokens")):
@@ -597,7 +598,7 @@ def test_a_bug_answering_one_validation_is_that_validations_500_alone(
     http_service: TokenService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The verdicts of a group are rendered one by one; one failing spoils no other."""
-    real = api.verdict_answer
+    real = routes.verdict_answer
 
     def fragile(result: Any, template: str) -> Answer:
         if result.state is TokenState.INSUFFICIENT_SCOPE:

@@ -13,7 +13,7 @@ from http import HTTPStatus
 import pytest
 
 from tokencli.http import viewers
-from tokencli.http.api import ApiConfig
+from tokencli.http.answers import ApiConfig
 from tokencli.http.http11 import Request
 from tokencli.http.viewers import ASSETS, ASSETS_BY_PATH, AssetBudget
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tokencli.cli.app import app
 from tokencli.domain.location import Location
-from tokencli.http.api import ApiConfig, Keys
+from tokencli.http.answers import ApiConfig, Keys
 from tokencli.http.keys import KeySource, load_keys
 from tokencli.server import serving
 from tokencli.server.server import TokenHTTPServer

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from tokencli.cli.app import app
 from tokencli.domain.errors import StorageError
 from tokencli.domain.model import EVERY_TOKEN, TokenRecord
-from tokencli.http.api import ROUTES
+from tokencli.http.routes import ROUTES
 from tokencli.server.accesslog import redact_target
 from tokencli.store.sqlite.queries import SQLiteStore
 

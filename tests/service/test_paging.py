@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tokencli.domain.model import EVERY_TOKEN, LIST_LIMIT_MAX, TokenRecord, TokenState
-from tokencli.http.api import ApiConfig
+from tokencli.http.answers import ApiConfig
 from tokencli.http.http11 import Request
 from tokencli.service.listing import PAGE_SCAN
 from tokencli.service.service import TokenService

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tokencli.domain.model import SCOPE_PATTERN, CheckResult, TokenInfo, TokenState
-from tokencli.http.api import verdict_answer
+from tokencli.http.routes import verdict_answer
 from tokencli.service import views
 
 IDS = st.from_regex(r"[a-z2-7]{12}", fullmatch=True)

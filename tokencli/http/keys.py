@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tokencli.domain.errors import InvalidRequestError
-from tokencli.http.api import Keys
+from tokencli.http.answers import Keys
 
 ADMIN_KEY_ENV = "TOKENCLI_ADMIN_KEY"
 VALIDATE_KEY_ENV = "TOKENCLI_VALIDATE_KEY"

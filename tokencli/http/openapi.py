@@ -1,8 +1,8 @@
 """The OpenAPI 3 description of `tokencli serve` (the /docs and /redoc pages that show it
 are in viewers.py).
 
-Kept apart from api.py, which answers the routes this describes: a test checks that
-this document and `api.ROUTES` name exactly the same routes.
+Kept apart from routes.py, which answers what this describes: a test checks that
+this document and `routes.ROUTES` name exactly the same routes.
 """
 
 from __future__ import annotations

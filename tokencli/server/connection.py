@@ -22,7 +22,7 @@ from http import HTTPStatus
 from typing import Protocol
 
 from tokencli.http import http11
-from tokencli.http.api import error_answer
+from tokencli.http.answers import error_answer
 from tokencli.http.http11 import HttpError, Request, RequestParser
 from tokencli.server.config import Limits
 from tokencli.server.dispatch import Job

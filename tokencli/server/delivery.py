@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from tokencli.http import http11
-from tokencli.http.api import Answer
+from tokencli.http.answers import Answer
 from tokencli.http.forwarded import Networks, client_address
 from tokencli.http.metrics import Counters
 from tokencli.server.accesslog import AccessLog, Entry, RequestIds

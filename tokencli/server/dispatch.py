@@ -34,7 +34,8 @@ from typing import Any
 
 from tokencli.domain.errors import StorageError
 from tokencli.http import api
-from tokencli.http.api import Answer, ApiConfig, Need, Routed, find_route
+from tokencli.http.answers import BUSY, UNAVAILABLE, Answer, ApiConfig, Need, error_answer
+from tokencli.http.api import Routed, find_route
 from tokencli.http.http11 import HttpError, Request
 from tokencli.server.config import Limits
 from tokencli.service.service import TokenService
@@ -139,12 +140,12 @@ class Answerer:
             # Nothing in the batch was committed: no client may hear otherwise.
             self._config.storage_failed(str(error))
             self._drop()
-            failed = api.error_answer(HTTPStatus.SERVICE_UNAVAILABLE, api.UNAVAILABLE)
+            failed = error_answer(HTTPStatus.SERVICE_UNAVAILABLE, UNAVAILABLE)
             return [failed] * len(routed)
         except Exception as error:  # the batch machinery itself: its 500s, not the loop
             self._config.report(f"internal error in a batch: {type(error).__name__}")
             self._drop()
-            failed = api.error_answer(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+            failed = error_answer(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
             return [failed] * len(routed)
         self._config.storage_recovered()
         counters = self._config.counters
@@ -187,7 +188,7 @@ class StoreWork:
         deferred = []
         for job in waiting:
             if now - job.since > self._limits.store_wait:
-                busy = api.error_answer(HTTPStatus.SERVICE_UNAVAILABLE, api.BUSY)
+                busy = error_answer(HTTPStatus.SERVICE_UNAVAILABLE, BUSY)
                 job.answers = [busy] * len(job.requests)
             else:
                 deferred.append(job)

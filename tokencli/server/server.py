@@ -15,7 +15,7 @@ the table of connections and the loop:
   that connection, logged without secrets; if the loop itself fails, `serve_forever`
   raises and `tokencli serve` exits non-zero, so a supervisor restarts it.
 
-Routing and handlers are in api.py; limits in config.py; deadlines, making room at the
+Routing and handlers are in http/ (api.py, routes.py); limits in config.py; deadlines, making room at the
 cap and the TLS handshake slots in crowding.py; the log in accesslog.py.
 """
 
@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tokencli.http.api import ApiConfig
+from tokencli.http.answers import ApiConfig
 from tokencli.http.metrics import Counters
 from tokencli.server.accesslog import AccessLog
 from tokencli.server.config import ServerConfig

@@ -21,7 +21,7 @@ from typing import NamedTuple, TextIO
 
 from tokencli.domain.errors import InvalidRequestError, TokencliError
 from tokencli.domain.location import Location
-from tokencli.http.api import ApiConfig, Keys
+from tokencli.http.answers import ApiConfig, Keys
 from tokencli.http.forwarded import parse_networks
 from tokencli.http.keys import ADMIN_KEY_ENV, KeySource, key_file_is_shared, load_keys
 from tokencli.http.metrics import Counters, Exposition
