@@ -15,8 +15,9 @@ the table of connections and the loop:
   that connection, logged without secrets; if the loop itself fails, `serve_forever`
   raises and `tokencli serve` exits non-zero, so a supervisor restarts it.
 
-Routing and handlers are in http/ (api.py, routes.py); limits in config.py; deadlines, making room at the
-cap and the TLS handshake slots in crowding.py; the log in accesslog.py.
+Routing and handlers are in http/ (api.py, routes.py); who answers in dispatch.py; limits
+in config.py; deadlines, room at the cap and the TLS handshake slots in crowding.py;
+framing answers and the access log in delivery.py.
 """
 
 from __future__ import annotations
