@@ -1,5 +1,5 @@
 """`list` filters and output, GET /app/tokens, and memory that stays flat however many rows
-stream out (docs/design.md, "Scopes, show, selectors, filters" and "Decided details")."""
+stream out (docs/design.md, "Command line" and "Listing in pages")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`export` and `import`: every token not yet purged as JSON lines, and back in one
-transaction (docs/design.md, "Several hosts" and "Decided details")."""
+transaction (docs/design.md, "Command line")."""
 
 from __future__ import annotations
 
