@@ -1,4 +1,5 @@
-"""A slow reader never holds SQLite's WAL back (issue 18 item 6; docs/design.md, "SQLite (the default)").
+"""A slow reader never holds SQLite's WAL back (issue 18 item 6; docs/design.md,
+"SQLite (the default)").
 
 `tokencli list | less` used to keep one read open for as long as the pager stayed: no
 checkpoint could pass it and the WAL grew by hundreds of MB under validation load. A
