@@ -4,6 +4,7 @@ executable, and the real HTTP server on 127.0.0.1 with an ephemeral port."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from tokencli.domain.location import Location
+from tokencli.domain.model import AuditEvent, TokenRecord
 from tokencli.http.answers import Answer, ApiConfig
 from tokencli.http.api import answer_requests
 from tokencli.http.http11 import Request
@@ -67,6 +69,35 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def token(
+    token_id: str,
+    *,
+    created: int = START - 100,
+    expires: int = START + 3600,
+    uses: int | None = None,
+    label: str | None = None,
+    scopes: tuple[str, ...] = (),
+    revoked: int | None = None,
+) -> TokenRecord:
+    """A stored token as a store takes it (`insert_tokens`): its hash made from its ID."""
+    return TokenRecord(
+        id=token_id,
+        label=label,
+        created_at=created,
+        expires_at=expires,
+        uses_left=uses,
+        revoked_at=revoked,
+        secret_hash=hashlib.sha256(token_id.encode()).digest(),
+        uses_limit=uses,
+        scopes=scopes,
+    )
+
+
+def event(at: int, action: str = "check", token_id: str | None = None) -> AuditEvent:
+    """An audit event as a store records it."""
+    return AuditEvent(at, action, token_id, "valid", "cli", None)
 
 
 def tokencli(
@@ -228,16 +259,38 @@ def start_server(
     return Served(server, log, thread, tls_trust=tls_trust)
 
 
+def answer_all(
+    service: TokenService | None, *requests: Request, config: ApiConfig | None = None
+) -> list[Answer]:
+    """The HTTP application's answers to requests that arrived together, in one store
+    batch as the server answers them (no sockets)."""
+    config = config or ApiConfig()
+    if service is None:
+        return answer_requests(None, list(requests), config)
+    with service.store.batch():
+        answers = answer_requests(service, list(requests), config)
+    assert len(answers) == len(requests)
+    return answers
+
+
 def answer_one(
     service: TokenService | None, request: Request, config: ApiConfig | None = None
 ) -> Answer:
-    """The HTTP application's answer to one request, in a store batch as the server
-    answers it (no sockets)."""
-    config = config or ApiConfig()
-    if service is None:
-        return answer_requests(None, [request], config)[0]
-    with service.store.batch():
-        return answer_requests(service, [request], config)[0]
+    """The HTTP application's answer to one request (a batch of one)."""
+    return answer_all(service, request, config=config)[0]
+
+
+def api_call(
+    service: TokenService,
+    method: str,
+    target: str,
+    body: bytes | dict[str, Any] | None = None,
+    config: ApiConfig | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """One request to the HTTP application: its status, headers and JSON body."""
+    raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+    answer = answer_one(service, Request(method, target, "HTTP/1.1", {}, raw), config)
+    return int(answer.status), answer.headers or {}, json.loads(answer.body)
 
 
 def raw_exchange(port: int, request: bytes, timeout: float = 30) -> bytes:

@@ -32,7 +32,7 @@ from tokencli.service.service import TokenService
 from tokencli.service.views import iso_time
 from tokencli.store.sqlite.queries import SQLiteStore
 
-from support import Clock, Served, answer_one
+from support import Clock, Served, answer_one, api_call
 
 SCOPE_CHARACTERS = string.ascii_lowercase + string.digits + ":._-"
 BAD_NAMES = [
@@ -83,21 +83,6 @@ def stored_count(runner: CliRunner) -> int:
     return len(json.loads(result.stdout))
 
 
-def http(
-    service: TokenService,
-    method: str,
-    target: str,
-    body: bytes | dict[str, Any] | None = None,
-    config: ApiConfig | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """One request answered by the API module (no sockets): status and JSON body."""
-    raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
-    answer = answer_one(
-        service, Request(method, target, "HTTP/1.1", {}, raw), config or ApiConfig()
-    )
-    return int(answer.status), json.loads(answer.body)
-
-
 # -- issue -----------------------------------------------------------------------------
 
 
@@ -120,8 +105,8 @@ def test_a_token_without_scopes_shows_an_empty_array_everywhere(
     assert json.loads(invoke(runner, "list", "--jsonl").stdout)["scopes"] == []
     assert json.loads(invoke(runner, "show", "--json", issued["id"]).stdout)["scopes"] == []
     assert check_json(runner, issued["token"])[1]["scopes"] == []
-    assert http(on_file, "GET", f"/app/valid/{issued['token']}")[1]["scopes"] == []
-    assert http(on_file, "GET", f"/app/tokens/{issued['id']}")[1]["scopes"] == []
+    assert api_call(on_file, "GET", f"/app/valid/{issued['token']}")[2]["scopes"] == []
+    assert api_call(on_file, "GET", f"/app/tokens/{issued['id']}")[2]["scopes"] == []
 
 
 def test_edges_of_a_good_name_are_accepted(runner: CliRunner) -> None:
@@ -266,7 +251,7 @@ def test_a_known_id_with_a_wrong_secret_is_unknown_and_reveals_nothing(
     other = on_file.issue(scopes=["a"], label="secret project", uses=3).token
     code, payload = check_json(runner, forged_with_id_of(other))
     assert (code, payload) == (1, {"valid": False, "state": "unknown"})
-    status, payload = http(on_file, "GET", f"/app/valid/{forged_with_id_of(other)}")
+    status, _, payload = api_call(on_file, "GET", f"/app/valid/{forged_with_id_of(other)}")
     assert payload == {"status_code": 200, "status": False, "state": "unknown"}
     assert on_file.show(other).uses_left == 3
 
@@ -300,13 +285,13 @@ def test_a_bad_scope_selector_is_a_usage_error(runner: CliRunner, command: str) 
 
 
 def test_http_issue_takes_scopes(service: TokenService) -> None:
-    status, payload = http(service, "POST", "/app/token", {"scopes": ["b", "a", "b"]})
+    status, _, payload = api_call(service, "POST", "/app/token", {"scopes": ["b", "a", "b"]})
     assert status == 200, payload
     assert list(payload) == ["status_code", "token"]
     info = service.show(payload["token"])
     assert info.scopes == ("a", "b")
-    assert http(service, "POST", "/app/token", {"scopes": None})[0] == 200
-    assert http(service, "POST", "/app/token", {"scopes": []})[0] == 200
+    assert api_call(service, "POST", "/app/token", {"scopes": None})[0] == 200
+    assert api_call(service, "POST", "/app/token", {"scopes": []})[0] == 200
 
 
 @pytest.mark.parametrize(
@@ -328,7 +313,7 @@ def test_http_issue_takes_scopes(service: TokenService) -> None:
 def test_http_issue_with_bad_scopes_is_400_and_stores_nothing(
     service: TokenService, scopes: object
 ) -> None:
-    status, payload = http(service, "POST", "/app/token", {"scopes": scopes})
+    status, _, payload = api_call(service, "POST", "/app/token", {"scopes": scopes})
     assert status == 400, payload
     assert payload["status_code"] == 400 and payload["detail"]
     assert list(service.list_tokens()) == []
@@ -336,9 +321,9 @@ def test_http_issue_with_bad_scopes_is_400_and_stores_nothing(
 
 def test_http_validation_requires_query_scopes(service: TokenService) -> None:
     token = service.issue(uses=5, scopes=["a", "b"]).token
-    status, payload = http(service, "GET", f"/app/valid/{token}?scope=a&scope=b")
+    status, _, payload = api_call(service, "GET", f"/app/valid/{token}?scope=a&scope=b")
     assert (status, payload["state"], payload["uses_left"]) == (200, "valid", 4)
-    status, payload = http(service, "GET", f"/app/valid/{token}?scope=a&scope=c")
+    status, _, payload = api_call(service, "GET", f"/app/valid/{token}?scope=a&scope=c")
     assert payload == {
         "status_code": 200,
         "status": False,
@@ -348,7 +333,7 @@ def test_http_validation_requires_query_scopes(service: TokenService) -> None:
         "uses_left": 4,  # no use taken
         "scopes": ["a", "b"],
     }
-    status, payload = http(service, "POST", f"/app/valid/{token}?scope=b")
+    status, _, payload = api_call(service, "POST", f"/app/valid/{token}?scope=b")
     assert (payload["state"], payload["uses_left"]) == ("valid", 3)
 
 
@@ -359,26 +344,26 @@ def test_http_validation_body_scopes_and_the_bodys_token(service: TokenService) 
         {"scopes": ["a", "b"]},
     ):
         target = "/app/valid" if "token" in body else f"/app/valid/{token}"
-        assert http(service, "POST", target, body)[1]["state"] == "insufficient_scope"
+        assert api_call(service, "POST", target, body)[2]["state"] == "insufficient_scope"
     # A body token that differs from the path's: 400, and the token keeps its use.
     other = service.issue().token
     for differing in (other, token.upper(), token + " ", token[:-1], 5, [token], ""):
-        status, payload = http(service, "POST", f"/app/valid/{token}", {"token": differing})
+        status, _, payload = api_call(service, "POST", f"/app/valid/{token}", {"token": differing})
         assert status == 400, (differing, payload)
-    status, payload = http(service, "POST", f"/app/valid/{token}", {"token": token})
+    status, _, payload = api_call(service, "POST", f"/app/valid/{token}", {"token": token})
     assert (status, payload["state"], payload["uses_left"]) == (200, "valid", 0)
 
 
 def test_post_app_valid_takes_the_token_from_the_body(service: TokenService) -> None:
     token = service.issue(uses=2, scopes=["a"]).token
-    status, payload = http(service, "POST", "/app/valid", {"token": token, "scopes": ["a"]})
+    status, _, payload = api_call(service, "POST", "/app/valid", {"token": token, "scopes": ["a"]})
     assert (status, payload["status"], payload["uses_left"]) == (200, True, 1)
-    status, payload = http(service, "POST", "/app/valid?scope=b", {"token": token})
+    status, _, payload = api_call(service, "POST", "/app/valid?scope=b", {"token": token})
     assert payload["state"] == "insufficient_scope"
     for body in (b"", b"{}", b"[]", b'{"token": 5}', b'{"token": null}', b"nope"):
-        status, payload = http(service, "POST", "/app/valid", body)
+        status, _, payload = api_call(service, "POST", "/app/valid", body)
         assert status == 400, body
-    status, payload = http(service, "POST", "/app/valid", {"token": token, "extra": 1})
+    status, _, payload = api_call(service, "POST", "/app/valid", {"token": token, "extra": 1})
     assert status == 400 and "extra" in payload["detail"]
     assert service.show(token).uses_left == 1
 
@@ -406,7 +391,7 @@ def test_a_bad_scope_in_a_validation_is_400_and_takes_no_use(
     token = service.issue(uses=1, scopes=["a"]).token
     if body is not None and body.get("token") == "{token}":
         body = {**body, "token": token}
-    status, payload = http(service, method, target.replace("{token}", token), body)
+    status, _, payload = api_call(service, method, target.replace("{token}", token), body)
     assert status == 400, payload
     assert set(payload) == {"status_code", "detail"}
     assert "\x1b" not in payload["detail"]
@@ -416,9 +401,9 @@ def test_a_bad_scope_in_a_validation_is_400_and_takes_no_use(
 
 def test_a_bad_scope_in_the_admin_list_is_400(service: TokenService) -> None:
     service.issue(scopes=["a"])
-    assert http(service, "GET", "/app/tokens?scope=A")[0] == 400
-    assert http(service, "GET", "/app/tokens?scope=a&scope=")[0] == 400
-    status, payload = http(service, "GET", "/app/tokens?scope=a")
+    assert api_call(service, "GET", "/app/tokens?scope=A")[0] == 400
+    assert api_call(service, "GET", "/app/tokens?scope=a&scope=")[0] == 400
+    status, _, payload = api_call(service, "GET", "/app/tokens?scope=a")
     assert status == 200 and len(payload["tokens"]) == 1
 
 
@@ -427,7 +412,7 @@ def test_validation_answers_carry_the_verdict_and_public_fields_when_known(
 ) -> None:
     known = service.issue(ttl_seconds=60, uses=2, scopes=["z", "a"])
     expected_keys = ["status_code", "status", "state", "id", "expires_at", "uses_left", "scopes"]
-    status, payload = http(service, "GET", f"/app/valid/{known.token}")
+    status, _, payload = api_call(service, "GET", f"/app/valid/{known.token}")
     assert list(payload) == expected_keys
     # uses_left is what is left after this validation, as `check --json` says.
     assert (payload["uses_left"], payload["scopes"], payload["id"]) == (
@@ -437,11 +422,11 @@ def test_validation_answers_carry_the_verdict_and_public_fields_when_known(
     )
     assert payload["expires_at"] == iso_time(int(clock.now) + 60)
     clock.advance(60)
-    status, payload = http(service, "GET", f"/app/valid/{known.token}")
+    status, _, payload = api_call(service, "GET", f"/app/valid/{known.token}")
     assert (payload["state"], payload["status"], payload["uses_left"]) == ("expired", False, 1)
     assert list(payload) == expected_keys
     for text, state in (("garbage", "malformed"), (tokens.generate().plaintext, "unknown")):
-        status, payload = http(service, "GET", f"/app/valid/{text}")
+        status, _, payload = api_call(service, "GET", f"/app/valid/{text}")
         assert payload == {"status_code": 200, "status": False, "state": state}
 
 
@@ -512,7 +497,7 @@ QUERY_NAMES = st.sampled_from(["a", "b:c", "d", "read.x_y-z", "zz"]) | NAMES
 def test_query_scopes_are_parsed_and_judged(service: TokenService, required: list[str]) -> None:
     token = service.issue(scopes=["a", "b:c", "read.x_y-z"]).token
     query = urlencode([("scope", name) for name in required])
-    status, payload = http(service, "GET", f"/app/valid/{token}?{query}")
+    status, _, payload = api_call(service, "GET", f"/app/valid/{token}?{query}")
     if not all(reference_is_good(name) for name in required):
         assert status == 400, payload
         assert set(payload) == {"status_code", "detail"}
@@ -579,7 +564,7 @@ def test_required_scopes_are_unbounded_in_a_body_as_in_a_query(service: TokenSer
         ("POST", f"/app/valid/{token}", {"scopes": many}),
         ("POST", "/app/valid", {"token": token, "scopes": many}),
     ):
-        status, payload = http(service, method, target, body)
+        status, _, payload = api_call(service, method, target, body)
         assert (status, payload["state"]) == (200, "insufficient_scope"), target
     assert service.show(token).uses_left == 1
 
@@ -602,9 +587,9 @@ def test_ten_thousand_scopes_in_a_query_string(
 ) -> None:
     token = service.issue(uses=1, scopes=["s1"]).token
     query = "&".join(f"scope=s{n}" for n in range(10_000))
-    status, payload = http(service, "GET", f"/app/valid/{token}?{query}")
+    status, _, payload = api_call(service, "GET", f"/app/valid/{token}?{query}")
     assert (status, payload["state"], payload["uses_left"]) == (200, "insufficient_scope", 1)
-    status, payload = http(service, "GET", f"/app/valid/{token}?{query}&scope=BAD")
+    status, _, payload = api_call(service, "GET", f"/app/valid/{token}?{query}&scope=BAD")
     assert status == 400
     # Over the wire the request line is limited to 8 KiB: 414, and the token keeps its use.
     store = SQLiteStore.open(db_path, create=True)

@@ -22,7 +22,7 @@ from tokencli.service.service import TokenService
 from tokencli.service.views import iso_time
 from tokencli.store.sqlite.queries import SQLiteStore
 
-from support import ADMIN_KEY, VALIDATE_KEY, Clock, Served, answer_one
+from support import ADMIN_KEY, VALIDATE_KEY, Clock, Served, answer_one, api_call
 
 JSON_KEYS = ["id", "label", "created_at", "expires_at", "uses_left", "state", "scopes"]
 
@@ -47,13 +47,6 @@ def files_of(db_path: Path) -> dict[str, bytes]:
         for path in db_path.parent.iterdir()
         if path.name.startswith(db_path.name) and not path.name.endswith("-shm")
     }
-
-
-def http(
-    service: TokenService, method: str, target: str, config: ApiConfig | None = None
-) -> tuple[int, dict[str, str], dict[str, Any]]:
-    answer = answer_one(service, Request(method, target, "HTTP/1.1"), config or ApiConfig())
-    return int(answer.status), answer.headers or {}, json.loads(answer.body)
 
 
 # -- the command ----------------------------------------------------------------------
@@ -214,7 +207,7 @@ def test_a_thousand_ids_at_once(runner: CliRunner, on_file: TokenService) -> Non
 def test_http_show_is_like_show(service: TokenService, clock: Clock) -> None:
     issued = service.issue(label="web", uses=1, scopes=["z", "a"], ttl_seconds=60)
     events = len(service.audit(limit=1000))
-    status, _, payload = http(service, "GET", f"/app/tokens/{issued.info.id}")
+    status, _, payload = api_call(service, "GET", f"/app/tokens/{issued.info.id}")
     assert status == 200
     assert payload == {
         "status_code": 200,
@@ -229,7 +222,7 @@ def test_http_show_is_like_show(service: TokenService, clock: Clock) -> None:
     assert len(service.audit(limit=1000)) == events  # no audit event
     assert service.check(issued.token).valid  # and no use taken
     clock.advance(60)
-    assert http(service, "GET", f"/app/tokens/{issued.info.id}")[2]["state"] == "expired"
+    assert api_call(service, "GET", f"/app/tokens/{issued.info.id}")[2]["state"] == "expired"
 
 
 @pytest.mark.parametrize(
@@ -245,7 +238,7 @@ def test_http_show_is_like_show(service: TokenService, clock: Clock) -> None:
 )
 def test_http_show_of_an_unknown_id_is_404(service: TokenService, target: str) -> None:
     service.issue()
-    status, _, payload = http(service, "GET", target)
+    status, _, payload = api_call(service, "GET", target)
     assert (status, payload["status_code"]) == (404, 404)
     assert len(payload["detail"]) < 100
 
@@ -253,7 +246,7 @@ def test_http_show_of_an_unknown_id_is_404(service: TokenService, target: str) -
 def test_http_show_by_a_whole_token_is_404(service: TokenService) -> None:
     """The path names an ID; a whole token there is not looked up (nor logged as one)."""
     issued = service.issue()
-    assert http(service, "GET", f"/app/tokens/{issued.token}")[0] == 404
+    assert api_call(service, "GET", f"/app/tokens/{issued.token}")[0] == 404
 
 
 def test_http_show_needs_the_admin_key_when_one_is_set(service: TokenService) -> None:

@@ -22,7 +22,7 @@ from tokencli.http.metrics import Counters
 from tokencli.service.service import TokenService
 from tokencli.store.sqlite.queries import SQLiteStore
 
-from support import ADMIN_KEY, VALIDATE_KEY, Clock
+from support import ADMIN_KEY, VALIDATE_KEY, Clock, answer_all, answer_one
 
 FAST = settings(
     max_examples=200,
@@ -54,24 +54,6 @@ def request(
 def payload(answer: Answer) -> Any:
     assert answer.content_type == answers.JSON
     return json.loads(answer.body)
-
-
-def answer_one(service: TokenService | None, sent: Request, config: ApiConfig) -> Answer:
-    """Answer one request (a batch of one), inside a store batch as the server does."""
-    return batch(service, sent, config=config)[0]
-
-
-def batch(
-    service: TokenService | None, *requests: Request, config: ApiConfig | None = None
-) -> list[Answer]:
-    """Answer a batch inside one store batch, as the server does (group commit)."""
-    config = config or ApiConfig()
-    if service is None:
-        return api.answer_requests(None, list(requests), config)
-    with service.store.batch():
-        answers = api.answer_requests(service, list(requests), config)
-    assert len(answers) == len(requests)
-    return answers
 
 
 # -- every route -------------------------------------------------------------------------
@@ -368,7 +350,7 @@ def test_the_same_single_use_token_twice_in_a_batch_is_valid_once(
     http_service: TokenService,
 ) -> None:
     token = http_service.issue(uses=1).token
-    answers = batch(
+    answers = answer_all(
         http_service,
         request("GET", f"/app/valid/{token}"),
         request("POST", "/app/valid", {"token": token}),
@@ -380,7 +362,7 @@ def test_the_same_single_use_token_twice_in_a_batch_is_valid_once(
 
 def test_uses_are_handed_out_in_order_within_a_batch(http_service: TokenService) -> None:
     token = http_service.issue(uses=3).token
-    answers = batch(http_service, *(request("GET", f"/app/valid/{token}") for _ in range(5)))
+    answers = answer_all(http_service, *(request("GET", f"/app/valid/{token}") for _ in range(5)))
     assert [(payload(a)["state"], payload(a)["uses_left"]) for a in answers] == [
         ("valid", 2),
         ("valid", 1),
@@ -393,7 +375,7 @@ def test_uses_are_handed_out_in_order_within_a_batch(http_service: TokenService)
 def test_the_order_of_pipelined_requests_is_kept(http_service: TokenService) -> None:
     token = http_service.issue(uses=5).token
     token_id = token.split(":")[0]
-    answers = batch(
+    answers = answer_all(
         http_service,
         request("GET", f"/app/valid/{token}"),
         request("GET", f"/app/tokens/{token_id}"),
@@ -412,9 +394,9 @@ def test_the_order_of_pipelined_requests_is_kept(http_service: TokenService) -> 
 
 
 def test_issue_then_validate_in_one_batch(http_service: TokenService) -> None:
-    first = batch(http_service, request("POST", "/app/token", {"uses": 1}))
+    first = answer_all(http_service, request("POST", "/app/token", {"uses": 1}))
     token = payload(first[0])["token"]
-    answers = batch(
+    answers = answer_all(
         http_service,
         request("GET", f"/app/valid/{token}"),
         request("DELETE", "/app/clear/all/tokens"),
@@ -441,10 +423,10 @@ def test_a_batch_of_validations_costs_a_constant_number_of_queries(
         )
     )
     try:
-        few = batch(http_service, *(request("GET", f"/app/valid/{t}") for t in issued[:2]))
+        few = answer_all(http_service, *(request("GET", f"/app/valid/{t}") for t in issued[:2]))
         few_count = len(statements)
         statements.clear()
-        many = batch(http_service, *(request("GET", f"/app/valid/{t}") for t in issued[2:]))
+        many = answer_all(http_service, *(request("GET", f"/app/valid/{t}") for t in issued[2:]))
     finally:
         connection.set_trace_callback(None)
     assert all(payload(answer)["status"] for answer in [*few, *many])
@@ -453,7 +435,7 @@ def test_a_batch_of_validations_costs_a_constant_number_of_queries(
 
 def test_a_bad_request_in_a_batch_spoils_only_itself(http_service: TokenService) -> None:
     token = http_service.issue(uses=2).token
-    answers = batch(
+    answers = answer_all(
         http_service,
         request("GET", f"/app/valid/{token}"),
         request("POST", "/app/valid", b"{"),
@@ -484,7 +466,7 @@ def test_a_handler_bug_is_that_requests_500_alone(
     monkeypatch.setattr(api, "ROUTES", patched)
     reported: list[str] = []
     config = ApiConfig(report=reported.append)
-    answers = batch(
+    answers = answer_all(
         http_service,
         request("POST", "/app/token"),
         request("GET", f"/app/valid/{token}"),
@@ -608,7 +590,7 @@ def test_a_bug_answering_one_validation_is_that_validations_500_alone(
     monkeypatch.setattr(api, "verdict_answer", fragile)
     first = http_service.issue(uses=3, scopes=["a"]).token
     reported: list[str] = []
-    answers = batch(
+    answers = answer_all(
         http_service,
         request("GET", f"/app/valid/{first}"),
         request("GET", f"/app/valid/{first}?scope=b"),

@@ -7,7 +7,6 @@ test_sqlite_store.py and test_store_postgres.py.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pytest
@@ -19,39 +18,13 @@ from tokencli.store.base import IdCollisionError, Store, TokenPage
 from tokencli.store.factory import open_store
 
 from databases import RawDatabase
+from support import START, event, token
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")
 
-NOW = 1_790_000_000
+NOW = START  # the moment support.token and support.event are made around
 HOUR = 3600
 EVERY = TokenFilter(states=None)
-
-
-def token(
-    token_id: str,
-    *,
-    created: int = NOW - 100,
-    expires: int = NOW + HOUR,
-    uses: int | None = None,
-    label: str | None = None,
-    scopes: tuple[str, ...] = (),
-    revoked: int | None = None,
-) -> TokenRecord:
-    return TokenRecord(
-        id=token_id,
-        label=label,
-        created_at=created,
-        expires_at=expires,
-        uses_left=uses,
-        revoked_at=revoked,
-        secret_hash=hashlib.sha256(token_id.encode()).digest(),
-        uses_limit=uses,
-        scopes=scopes,
-    )
-
-
-def event(at: int, action: str = "check", token_id: str | None = None) -> AuditEvent:
-    return AuditEvent(at, action, token_id, "valid", "cli", None)
 
 
 def ids(store: Store, now: int = NOW, **options: Any) -> list[str]:

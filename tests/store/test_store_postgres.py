@@ -6,7 +6,6 @@ The Store contract both stores keep is tested on both in test_store_contract.py.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 from psycopg import pq, sql
 
 from tokencli.domain.errors import StorageError
-from tokencli.domain.model import AuditEvent, TokenFilter, TokenRecord
+from tokencli.domain.model import TokenFilter
 from tokencli.store.base import IdCollisionError
 from tokencli.store.postgres import connection as postgres_connection
 from tokencli.store.postgres import conninfo
@@ -34,37 +33,11 @@ from tokencli.store.postgres.queries import PostgresStore
 from tokencli.store.postgres.schema import SCHEMA_VERSION
 
 from pg_cluster import PASSWORD, PASSWORD_ROLE, PgCluster
+from support import START, event, token
 
-NOW = 1_790_000_000
+NOW = START  # the moment support.token and support.event are made around
 HOUR = 3600
 REPO = Path(__file__).resolve().parents[2]
-
-
-def token(
-    token_id: str,
-    *,
-    created: int = NOW - 100,
-    expires: int = NOW + HOUR,
-    uses: int | None = None,
-    label: str | None = None,
-    scopes: tuple[str, ...] = (),
-    revoked: int | None = None,
-) -> TokenRecord:
-    return TokenRecord(
-        id=token_id,
-        label=label,
-        created_at=created,
-        expires_at=expires,
-        uses_left=uses,
-        revoked_at=revoked,
-        secret_hash=hashlib.sha256(token_id.encode()).digest(),
-        uses_limit=uses,
-        scopes=scopes,
-    )
-
-
-def event(at: int, action: str = "check", token_id: str | None = None) -> AuditEvent:
-    return AuditEvent(at, action, token_id, "valid", "cli", None)
 
 
 @pytest.fixture
