@@ -118,7 +118,6 @@ def postgres(bench: Bench) -> None:
     if bindir is None:
         bench.table.record("PostgreSQL rows", "no PostgreSQL server binaries", "-", None, "", False)
         return
-    os.environ.pop("TOKENCLI_PG_SCHEMA", None)  # tokencli's own schema, `tokencli`
     sqlite_db = bench.work / "pg-sqlite.db"
     known = build_database(sqlite_db, live=LIVE, known=KNOWN)
     cluster = PgCluster(bindir, settings=SETTINGS)
