@@ -1,230 +1,161 @@
 """Hostile clients: does `tokencli serve` keep serving well-behaved clients under attack?
 
-For each attack: a fresh server on CPU 0 (its own copy of a database with 1,000 known
-tokens); wrk on CPU 1 measures a well-behaved client unloaded (`-t1 -c20 -d10s` on
-/health, then on validations as bench/validate.lua sends them), with a latency probe
-beside it (one GET /health every 100 ms, see LatencyProbe); the attack starts
-(bench/attackers.py, in its own processes on CPU 1) and the same runs are measured
-during it. Meanwhile the server's VmRSS is sampled every 100 ms. After the attack: is the
-process alive, does /health answer a new client, and what does SIGTERM make it exit with.
-
-Targets per attack: loaded/unloaded 2xx throughput >= 0.5 (the worse of /health and
-validation), loaded p99 < 1 s (the worse of wrk's and the probe's), peak RSS < 150 MB, no
-failed legitimate request, alive and answering /health afterwards, exit 0 on SIGTERM.
-Every attack is bounded in time and count, and sends to 127.0.0.1 only.
-
-Attacks a-h are the security review's; i was found while building d. Attack h runs
-against an HTTPS server (a throwaway certificate), and its well-behaved client, probe and
-checks speak HTTPS too. Run alone: `bench/run hostile`, or `bench/run hostile:ch` for
-some attacks only.
+Attacks a-i are the security review's (i was found building d); j, k and l are issue
+18's shapes 5, 6 and 7, each with that issue's target. For each: a fresh server on CPU 0
+on its own copy of a database, the attack and the measuring clients on CPU 1, the server's
+memory (and for k its WAL) sampled every 100 ms, and afterwards: is it alive, does /health
+answer a new client, what does SIGTERM make it exit with. docs/benchmarks.md has the method.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
+import functools
 import json
 import math
 import os
-import queue
 import re
 import resource
-import shutil
+import select
 import signal
-import ssl
 import subprocess
-import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from common import (
+from harness import (
     HERE,
-    HOST,
-    WRK_SECONDS,
-    Background,
+    Bench,
+    Server,
     WrkResult,
     build_database,
+    client,
+    copy_database,
     free_port,
     fresh,
+    get,
     note,
-    record,
-    serve_command,
     tls_arguments,
     validate_script,
     wrk,
 )
 
 CONNECTIONS = 20  # the well-behaved client's wrk connections
-FLOOD_CONNECTIONS = 20_000  # slowloris, the idle flood and stalled TLS, as descriptors allow
+FLOOD = 20_000  # connections of c, g and h, as the descriptor limit allows
 MAX_RSS_MB = 150
-MIN_RATIO = 0.5
-MAX_P99_MS = 1000
-# The last line of a traceback ("ValueError: ..."), not the server's own messages after it.
-EXCEPTION_LINE = re.compile(r"[A-Z]\w*(Error|Exception|Exit|Interrupt)\b")
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Attack:
-    """One row: which bench/attackers.py processes to start, in order."""
+    """One row run by `attack`: bench/attackers.py processes started one after another."""
 
     key: str
     name: str
-    # (attack, count) per process, each started once the one before is at full strength;
-    # count is connections or clients (0: the attack's default)
-    clients: tuple[tuple[str, int], ...]
+    clients: tuple[tuple[str, int], ...]  # (attack, connections or clients; 0: its default)
     ramp_seconds: float = 10.0  # how long they may take to reach full strength
-    tls: bool = False  # against an HTTPS server (and a well-behaved HTTPS client)
-
-
-def flood_plan() -> tuple[int, int]:
-    """(processes, connections each) for FLOOD_CONNECTIONS within each process's
-    descriptor limit; at most 4 processes."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = 65536 if hard == resource.RLIM_INFINITY else hard
-    per_process = max(100, limit - 100)  # headroom for the interpreter's own files
-    processes = min(4, math.ceil(FLOOD_CONNECTIONS / per_process))
-    return processes, min(per_process, math.ceil(FLOOD_CONNECTIONS / processes))
+    tls: bool = False  # against an HTTPS server, measured over HTTPS
+    health_ms: float = 0.0  # issue 18's target (/health p99 under this), else the review's
 
 
 def attacks() -> list[Attack]:
-    """The review's attacks, and one more (i)."""
-    processes, each = flood_plan()
-    total = processes * each
+    """The review's attacks a-i, and issue 18's admin listing (j)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per_process = max(100, (65536 if hard < 0 else hard) - 100)
+    processes = min(4, math.ceil(FLOOD / per_process))
+    each = min(per_process, math.ceil(FLOOD / processes))
+    total = f"{processes * each:,}"
     return [
         Attack("a", "Content-Length of 4,301 zeros / 5,000 digits", (("content_length", 0),)),
         Attack("b", "20,000 nested [ in POST /app/token, 3 clients", (("deep_json", 3),)),
         Attack(
             "c",
-            f"slowloris, {total:,} connections, 1 byte / 5 s",
+            f"slowloris, {total} connections, 1 byte / 5 s",
             (("slowloris", each),) * processes,
-            ramp_seconds=40.0,
+            40,
         ),
         Attack("d", "5 clients pipelining, never reading (SO_RCVBUF 1 KiB)", (("no_read", 5),)),
         Attack(
-            "e",
-            "2 clients pipelining /health, reading 64 KiB / 10 ms",
-            (("pipeline_flood", 2),),
+            "e", "2 clients pipelining /health, reading 64 KiB / 10 ms", (("pipeline_flood", 2),)
         ),
         Attack(
-            "f",
-            "20 conns: 62 KB of headers, body 4 bytes at a time",
-            (("cpu_amplification", 20),),
+            "f", "20 conns: 62 KB of headers, body 4 bytes at a time", (("cpu_amplification", 20),)
         ),
-        Attack(
-            "g",
-            f"{total:,} idle connections",
-            (("connection_flood", each),) * processes,
-            ramp_seconds=40.0,
-        ),
+        Attack("g", f"{total} idle connections", (("connection_flood", each),) * processes, 40),
         Attack(
             "h",
-            f"stalled TLS handshakes, {total:,} connections (half a ClientHello or nothing)",
+            f"stalled TLS handshakes, {total} connections (half a ClientHello or nothing)",
             (("tls_stall", each),) * processes,
-            ramp_seconds=40.0,
+            40,
             tls=True,
         ),
-        # Found while building (d): past descriptor 1023, select.select() in the server's
-        # send path raises ValueError, so one client that never reads ends the event loop.
         Attack(
             "i",
             "1,100 idle connections, then 1 client never reading",
             (("connection_flood", 1_100), ("no_read", 1)),
         ),
+        Attack(
+            "j",
+            "admin list of 200k tokens, 8 conns x 4 pipelined, biggest page (issue 18.5)",
+            (("admin_list", 8),),
+            health_ms=100,
+        ),
     ]
 
 
-# -- watching the server ---------------------------------------------------------------
+# -- watching the server and its clients -------------------------------------------------
 
 
-class MemorySampler:
-    """Samples a process's VmRSS every 100 ms in a thread and keeps the peak."""
+class Sampler:
+    """The server's VmRSS (and a WAL file's size) every 100 ms, in a thread."""
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
-        self.pid = pid
-        self.interval = interval
+    def __init__(self, pid: int, wal: Path | None = None) -> None:
+        self.pid, self.wal = pid, wal
         self.peak_kb = 0
+        self.wal_sizes: list[tuple[float, int]] = []  # (monotonic time, bytes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
-    def status_kb(self, field: str) -> int | None:
-        """A `kB` field of /proc/PID/status, or None once the process is gone."""
-        try:
+    def status_kb(self, field: str) -> int:
+        """A `kB` field of /proc/PID/status (0 once the process is gone)."""
+        with contextlib.suppress(OSError):
             text = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-        return int(match.group(1)) if match else None
+            match = re.search(rf"(?m)^{field}:\s+(\d+) kB", text)
+            return int(match[1]) if match else 0
+        return 0
 
     def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            rss = self.status_kb("VmRSS")
-            if rss is not None:
-                self.peak_kb = max(self.peak_kb, rss)
+        while not self._stop.wait(0.1):
+            self.peak_kb = max(self.peak_kb, self.status_kb("VmRSS"))
+            if self.wal is not None:
+                size = self.wal.stat().st_size if self.wal.exists() else 0
+                self.wal_sizes.append((time.monotonic(), size))
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """Stop sampling; the peak RSS in MB (the larger of the samples and VmHWM)."""
+        peak = max(self.peak_kb, self.status_kb("VmHWM"))
         self._stop.set()
         self._thread.join(timeout=2)
+        return peak / 1024
 
 
-def unverified_context() -> ssl.SSLContext:
-    """A client context that takes the throwaway certificate without checking it."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+class Probe:
+    """GET `paths` in turn, one every 100 ms on one keep-alive connection, from a thread
+    on CPU 1. wrk never counts a request still waiting when its run ends, and times from
+    sending; here each request counts from when it was due, and those due while one waited
+    count as waiting until it ended (no coordinated omission). After `timeout` without an
+    answer a request counts as failed and the connection is opened anew."""
 
-
-def new_connection(port: int, timeout: float, tls: bool) -> http.client.HTTPConnection:
-    """An HTTP or HTTPS client connection to the server under test (opened lazily)."""
-    if tls:
-        return http.client.HTTPSConnection(
-            HOST, port, timeout=timeout, context=unverified_context()
-        )
-    return http.client.HTTPConnection(HOST, port, timeout=timeout)
-
-
-def probe_health(port: int, timeout: float, tls: bool = False) -> tuple[str, float]:
-    """GET /health from a new connection: its status (or what failed) and seconds taken."""
-    started = time.monotonic()
-    connection = new_connection(port, timeout, tls)
-    try:
-        connection.request("GET", "/health")
-        status = str(connection.getresponse().status)
-    except TimeoutError:
-        status = "timeout"
-    except ConnectionRefusedError:
-        status = "refused"
-    except (OSError, http.client.HTTPException) as error:
-        status = type(error).__name__
-    finally:
-        connection.close()
-    return status, time.monotonic() - started
-
-
-class LatencyProbe:
-    """GET /health every 100 ms on one keep-alive connection, from a thread on CPU 1.
-
-    wrk cannot see a stall: a request still waiting when its run ends is never counted,
-    so a server frozen for 10 s at a time showed a p99 of 25 ms. Here each request's
-    latency counts from when it was due, not from when it could be sent, and the requests
-    that fell due while one waited are counted as waiting until it ended, so a stall
-    weighs as much as it would on a steady stream of clients (no coordinated omission).
-    A request with no answer after 5 s counts until then; the connection is opened anew.
-    """
-
-    INTERVAL = 0.1
-    TIMEOUT = 5.0
-
-    def __init__(self, port: int, tls: bool = False) -> None:
-        self.port = port
-        self.tls = tls
+    def __init__(
+        self, port: int, paths: list[str], *, tls: bool = False, timeout: float = 5.0
+    ) -> None:
+        self.port, self.paths, self.tls, self.timeout = port, paths, tls, timeout
         self.latencies: list[float] = []
-        self.failures: dict[str, int] = {}
+        self.statuses: Counter[str] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -232,141 +163,88 @@ class LatencyProbe:
     def _run(self) -> None:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {1})  # this thread only: CPU 0 is the server's
-        connection: http.client.HTTPConnection | None = None
+        connection = None
         due = time.monotonic()
-        while not self._stop.is_set():
-            self._stop.wait(max(0.0, due - time.monotonic()))
-            if self._stop.is_set():
-                break
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
             if connection is None:
-                connection = new_connection(self.port, self.TIMEOUT, self.tls)
+                connection = client(self.port, tls=self.tls, timeout=self.timeout)
             try:
-                connection.request("GET", "/health")
-                response = connection.getresponse()
-                response.read()
-                status = str(response.status)
-            except (OSError, http.client.HTTPException) as error:
+                connection.request("GET", self.paths[len(self.latencies) % len(self.paths)])
+                answer = connection.getresponse()
+                answer.read()
+                status = str(answer.status)
+            except Exception as error:  # OSError, HTTPException: a failed request
                 status = type(error).__name__
                 connection.close()
                 connection = None
             finished = time.monotonic()
-            self.latencies.append(finished - due)
-            if status != "200":
-                self.failures[status] = self.failures.get(status, 0) + 1
-            due += self.INTERVAL
-            while due < finished:
-                # The requests due while this one waited would have waited until now too.
+            self.statuses[status] += 1
+            while due <= finished:  # this request and those due while it waited
                 self.latencies.append(finished - due)
-                due += self.INTERVAL
+                due += 0.1
         if connection is not None:
             connection.close()
 
     def stop(self) -> dict[str, Any]:
-        """Stop probing; the p99 and worst latency in ms, and the failures by kind."""
+        """Stop; the requests, p99 and worst latency in ms, and the answers by status."""
         self._stop.set()
-        self._thread.join(timeout=self.TIMEOUT + 2)
+        self._thread.join(timeout=self.timeout + 2)
         ordered = sorted(self.latencies) or [math.inf]
         p99 = ordered[min(len(ordered) - 1, math.ceil(len(ordered) * 0.99) - 1)]
         return {
-            "requests": len(self.latencies),
+            "requests": sum(self.statuses.values()),
             "p99_ms": round(p99 * 1000, 1),
             "max_ms": round(ordered[-1] * 1000, 1),
-            "failures": self.failures,
+            "statuses": dict(self.statuses),
+            "failed": sum(n for status, n in self.statuses.items() if not status.startswith("2")),
         }
 
 
-def server_exception(log: Path) -> str:
-    """The exception the server's tracebacks end with (the last of a chain), if any."""
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    found = ""
-    seen_traceback = False
-    for line in lines:
-        if line.startswith("Traceback"):
-            seen_traceback = True
-        elif seen_traceback and EXCEPTION_LINE.match(line):
-            found = line[:160]
-    return found
-
-
 class Attackers:
-    """The attacking processes on CPU 1, each in its own session so that stopping
-    takes all of it; a context manager, so they end even if the harness fails."""
+    """bench/attackers.py processes on CPU 1, each in its own session (stopping one takes
+    all of it); a context manager, so they end even if the harness fails."""
 
     def __init__(self, python: str, port: int, seconds: float) -> None:
-        self.python = python
-        self.port = port
-        self.seconds = seconds
-        self.lines: queue.SimpleQueue[tuple[int, dict[str, Any]]] = queue.SimpleQueue()
+        self.command = ["taskset", "-c", "1", python, str(HERE / "attackers.py")]
+        self.port, self.seconds = port, seconds
         self.processes: list[subprocess.Popen[str]] = []
-        self.readers: list[threading.Thread] = []
-        self.ready: dict[int, dict[str, Any]] = {}
-        self.done: dict[int, dict[str, Any]] = {}
 
-    def start(self, attack: str, count: int, timeout: float) -> bool:
-        """Start one attacking process; wait until it is at full strength (True) or has
-        ended or `timeout` has passed (False)."""
-        index = len(self.processes)
+    def start(self, attack: str, count: int, deadline: float) -> bool:
+        """Start one; whether it said it is at full strength before `deadline`."""
+        arguments = [attack, str(self.port), f"{self.seconds:.0f}", str(count)]
         process = subprocess.Popen(
-            ["taskset", "-c", "1", self.python, str(HERE / "attackers.py"), attack]
-            + [str(self.port), f"{self.seconds:.0f}", str(count)],
+            [*self.command, *arguments],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
             start_new_session=True,
         )
         self.processes.append(process)
-        reader = threading.Thread(target=self._read, args=(index, process), daemon=True)
-        reader.start()
-        self.readers.append(reader)
-        deadline = time.monotonic() + timeout
-        while index not in self.ready:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (not reader.is_alive() and self.lines.empty()):
-                return False
-            with contextlib.suppress(queue.Empty):
-                self._collect(min(remaining, 0.5))
-        return True
-
-    def _read(self, index: int, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            with contextlib.suppress(ValueError):
-                self.lines.put((index, json.loads(line)))
+        waited = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        return '"ready"' in (process.stdout.readline() if waited[0] else "")
 
-    def _collect(self, timeout: float) -> None:
-        index, message = self.lines.get(timeout=timeout)
-        if "ready" in message:
-            self.ready[index] = message["ready"]
-        if "done" in message:
-            self.done[index] = message["done"]
-
-    def stop(self) -> list[dict[str, Any]]:
-        """SIGTERM every attacker, SIGKILL what is left after 15 s; their summaries."""
+    def stop(self) -> list[Any]:
+        """SIGTERM each (SIGKILL after 15 s); what each said it did."""
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        said: list[Any] = []
         for process in self.processes:
             try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                lines = process.communicate(timeout=15)[0].splitlines()
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._collect(0.5)  # the reader threads may still hold the last lines
-        return [self.done.get(index, {"lost": True}) for index in range(len(self.processes))]
+                self.__exit__()
+                lines = process.communicate()[0].splitlines()
+            said.append(
+                json.loads(lines[-1])["done"] if lines and '"done"' in lines[-1] else "lost"
+            )
+        return said
 
     def __enter__(self) -> Attackers:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         for process in self.processes:
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -374,171 +252,265 @@ class Attackers:
                 process.wait()
 
 
-# -- measuring -------------------------------------------------------------------------
+@dataclass
+class Watched:
+    """A server under attack, sampled; `finish` says how it came out of it."""
+
+    server: Server
+    sampler: Sampler
+    tls: bool = False
+
+    def finish(self) -> dict[str, Any]:
+        """After the attack: alive? /health from a new client, SIGTERM's exit code, the
+        peak RSS and the exception its tracebacks ended with, if any."""
+        time.sleep(1.0)  # let the server see the attackers' resets
+        alive = self.server.process.poll() is None
+        after = "exited"
+        if alive:
+            try:
+                after = str(get(self.server.port, "/health", tls=self.tls, timeout=5.0)[0])
+            except Exception as error:  # OSError, HTTPException: it did not answer
+                after = type(error).__name__
+        peak = self.sampler.stop()
+        code = self.server.stop()
+        log = self.server.log.read_text(errors="replace") if self.server.log else ""
+        raised = re.findall(r"(?m)^[A-Z]\w*(?:Error|Exception)\b.*", log.partition("Traceback")[2])
+        shown = f"/health {after}, SIGTERM exit {'killed' if code is None else code}"
+        return {
+            "healthy": alive and after == "200" and code == 0,
+            "afterwards": shown if alive else f"exited by itself ({code})",
+            "peak_mb": round(peak, 1),
+            "server_exception": raised[-1][:160] if raised else "",
+        }
+
+
+def watch(bench: Bench, key: str, base: Path, *, tls: bool = False, wal: bool = False) -> Watched:
+    """A fresh server on a copy of `base`, its stderr kept, its memory (and WAL) sampled."""
+    db = copy_database(base, bench.work / f"hostile-{key}.db")
+    port = free_port()
+    extra = tls_arguments(bench.work) if tls else []
+    server = Server(bench.serve(db, port, *extra), port, log=bench.work / f"hostile-{key}.log")
+    return Watched(server, Sampler(server.pid, Path(f"{db}-wal") if wal else None), tls)
 
 
 def well_behaved(
-    port: int, script: Path, tls: bool = False
+    bench: Bench, port: int, script: Path, tls: bool
 ) -> tuple[dict[str, WrkResult], dict[str, Any]]:
-    """The well-behaved client: wrk on /health, then on validations, with the latency
-    probe running beside both."""
-    url = f"{'https' if tls else 'http'}://{HOST}:{port}"
-    probe = LatencyProbe(port, tls)
+    """wrk on /health, then on validations, with the probe on /health beside both."""
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    probe = Probe(port, ["/health"], tls=tls)
     try:
-        results = {
-            "health": wrk(f"{url}/health", connections=CONNECTIONS),
-            "validate": wrk(url, connections=CONNECTIONS, script=script),
-        }
+        health = wrk(f"{url}/health", connections=CONNECTIONS, seconds=bench.wrk_seconds)
+        validate = wrk(url, connections=CONNECTIONS, script=script, seconds=bench.wrk_seconds)
     finally:
         probed = probe.stop()
-    return results, probed
-
-
-def good_rps(result: WrkResult) -> float:
-    """Requests per second that got a 2xx answer."""
-    if result.requests == 0:
-        return 0.0
-    return result.rps * (result.requests - result.non_2xx) / result.requests
+    return {"health": health, "validate": validate}, probed
 
 
 def tail_ms(result: WrkResult) -> float:
-    """wrk's p99, or infinity when more than 1 % of the requests timed out (wrk leaves
-    those out of its latencies, so its p99 would then flatter the server)."""
+    """wrk's p99, or infinity when over 1 % of requests timed out (wrk leaves those out)."""
     attempted = result.requests + result.timeouts
-    if attempted == 0 or result.timeouts > attempted / 100:
-        return math.inf
-    return result.p99_ms
+    return math.inf if attempted == 0 or result.timeouts > attempted / 100 else result.p99_ms
 
 
-def failed_requests(result: WrkResult) -> int:
-    """Legitimate requests that got an error answer or a broken connection."""
-    return result.non_2xx + result.socket_errors - result.timeouts
+def shown_ms(milliseconds: float, probe: dict[str, Any]) -> str:
+    """A p99 for the table: a probe that gave up says the stall was at least its timeout."""
+    if any(not status.isdigit() for status in probe["statuses"]):
+        return f">= {probe['max_ms'] / 1000:.0f} s (probe failed)"
+    return "> 2 s (wrk timeouts)" if math.isinf(milliseconds) else f"{milliseconds:,.0f} ms"
 
 
-def run_attack(attack: Attack, tokencli: str, python: str, base: Path, script: Path) -> None:
-    """One attack, start to finish, and its row."""
-    work = base.parent
-    db = work / f"hostile-{attack.key}.db"
-    fresh(db)
-    shutil.copy(base, db)
-    log = work / f"hostile-{attack.key}.log"
-    port = free_port()
-    note(f"hostile {attack.key}: {attack.name}")
-    extra = tls_arguments(work) if attack.tls else []
-    server = Background(serve_command(tokencli, db, port, *extra), port, log=log)
-    sampler = MemorySampler(server.pid)
-    exit_code: int | None = None
+# -- the rows ------------------------------------------------------------------------------
+
+
+def attack(bench: Bench, plan: Attack, base: Path, script: Path) -> None:
+    """One attack of bench/attackers.py, start to finish, and its row."""
+    watched = watch(bench, plan.key, base, tls=plan.tls)
+    port = watched.server.port
     try:
-        before, probe_before = well_behaved(port, script, attack.tls)
-        # Long enough for the ramp and both loaded runs; stop() normally ends it sooner.
-        bound = attack.ramp_seconds + 2 * WRK_SECONDS + 20
-        with Attackers(python, port, bound) as attackers:
-            ramp_ends = time.monotonic() + attack.ramp_seconds
-            ready = [
-                attackers.start(name, count, ramp_ends - time.monotonic())
-                for name, count in attack.clients
-            ]
-            during, probe_during = well_behaved(port, script, attack.tls)
-            probe, probe_seconds = probe_health(port, 3.0, attack.tls)
+        before, _ = well_behaved(bench, port, script, plan.tls)
+        with Attackers(
+            bench.python, port, plan.ramp_seconds + 2 * bench.wrk_seconds + 20
+        ) as attackers:
+            ramp_ends = time.monotonic() + plan.ramp_seconds
+            ready = [attackers.start(name, count, ramp_ends) for name, count in plan.clients]
+            during, probe = well_behaved(bench, port, script, plan.tls)
             summaries = attackers.stop()
-        time.sleep(1.0)  # let the server see the attackers' resets
-        alive_after = server.alive()
-        after, _ = probe_health(port, 5.0, attack.tls) if alive_after else ("exited", 0.0)
-        hwm_kb = sampler.status_kb("VmHWM") or 0
     finally:
-        sampler.stop()
-        exited_alone = not server.alive()
-        exit_code = server.stop()
-    crash = server_exception(log)
-    fresh(db)
-
-    ratios = {name: good_rps(during[name]) / max(good_rps(before[name]), 1e-9) for name in before}
-    ratio = min(ratios.values())
-    tail = max([tail_ms(result) for result in during.values()] + [probe_during["p99_ms"]])
-    failed = sum(failed_requests(result) for result in during.values())
-    failed += sum(probe_during["failures"].values())
-    peak_mb = max(sampler.peak_kb, hwm_kb) / 1024
-    healthy_after = alive_after and after == "200"
-    met = (
-        ratio >= MIN_RATIO
-        and tail < MAX_P99_MS
-        and failed == 0
-        and peak_mb < MAX_RSS_MB
-        and healthy_after
-        and exit_code == 0
-        and not exited_alone
-    )
-    if any(result.refused for result in during.values()):
-        shown_tail = "- (refused)"
-    elif any(result.requests == 0 for result in during.values()):
-        shown_tail = "- (no answer)"
-    elif "TimeoutError" in probe_during["failures"]:
-        shown_tail = ">= 5 s"  # the probe gave up waiting at 5 s, so the stall was longer
-    elif math.isinf(tail):
-        shown_tail = "> 2 s"
+        outcome = watched.finish()
+    ratios = {name: during[name].good_rps / max(before[name].good_rps, 1e-9) for name in before}
+    failed = sum(run.failures - run.timeouts for run in during.values()) + probe["failed"]
+    peak = outcome["peak_mb"]
+    if plan.health_ms:  # issue 18's: the /health tail and memory
+        tail = max(tail_ms(during["health"]), probe["p99_ms"])
+        target = f"/health p99 < {plan.health_ms:.0f} ms, < {MAX_RSS_MB} MB, alive, exit 0"
+        met = tail < plan.health_ms and peak < MAX_RSS_MB and outcome["healthy"]
     else:
-        shown_tail = f"{tail:,.0f} ms"
-    if exited_alone:
-        afterwards = f"exited by itself ({exit_code})"
-    else:
-        afterwards = f"/health {after}, SIGTERM exit {'killed' if exit_code is None else exit_code}"
-    record(
-        f"hostile {attack.key}: {attack.name}",
-        f"{good_rps(during['health']):,.0f} + {good_rps(during['validate']):,.0f}/s,"
-        f" p99 {shown_tail}, {failed:,} failed, {peak_mb:.0f} MB; {afterwards}",
-        f"{good_rps(before['health']):,.0f} + {good_rps(before['validate']):,.0f}/s unloaded",
-        ratio,
-        f">= {MIN_RATIO}x, p99 < 1 s, < {MAX_RSS_MB} MB, alive, exit 0",
-        met,
+        tail = max([tail_ms(run) for run in during.values()] + [probe["p99_ms"]])
+        target = f">= 0.5x, p99 < 1 s, 0 failed, < {MAX_RSS_MB} MB, alive, exit 0"
+        bounded = tail < 1000 and failed == 0 and peak < MAX_RSS_MB
+        met = min(ratios.values()) >= 0.5 and bounded and outcome["healthy"]
+    rates = {
+        when: " + ".join(f"{run.good_rps:,.0f}" for run in runs.values())
+        for when, runs in (("before", before), ("during", during))
+    }
+    bench.table.record(
+        f"hostile {plan.key}: {plan.name}",
+        f"{rates['during']}/s, p99 {shown_ms(tail, probe)}, {failed:,} failed, {peak:.0f} MB;"
+        f" {outcome['afterwards']}",
+        f"{rates['before']}/s unloaded (/health + validations)",
+        min(ratios.values()),
+        target,
+        met and all(ready),
         {
-            "unloaded": {name: asdict(result) for name, result in before.items()},
-            "loaded": {name: asdict(result) for name, result in during.items()},
-            "probe_unloaded": probe_before,
-            "probe_loaded": probe_during,
-            "ratios": ratios,
+            "unloaded": {name: asdict(run) for name, run in before.items()},
+            "loaded": {name: asdict(run) for name, run in during.items()},
+            "probe": probe,
             "ready": ready,
-            "ready_reports": attackers.ready,
             "attackers": summaries,
-            "new_client_during": {"status": probe, "seconds": round(probe_seconds, 3)},
-            "peak_rss_sampled_mb": round(sampler.peak_kb / 1024, 1),
-            "vm_hwm_mb": round(hwm_kb / 1024, 1),
-            "alive_after": alive_after,
-            "health_after": after,
-            "exited_by_itself": exited_alone,
-            "exit_code": exit_code,
-            "server_exception": crash,
+            **outcome,
         },
     )
-    if crash:
-        note(f"hostile {attack.key}: the server wrote {crash}")
 
 
-def bench_hostile(tokencli: str, python: str, work: Path, only: str = "") -> None:
-    """Every attack (or those whose keys are in `only`, e.g. "cg"), one row each."""
-    base = work / "hostile-base.db"
-    known = build_database(base, live=0, expired=0, known=1_000)
-    script = validate_script(work, known)
-    for attack in attacks():
-        if only and attack.key not in only:
-            continue
-        try:
-            run_attack(attack, tokencli, python, base, script)
-        except Exception as error:  # one broken attack must not cost the other rows
-            record(
-                f"hostile {attack.key}: {attack.name}",
-                f"harness error: {type(error).__name__}: {error}",
-                "-",
-                None,
-                "(the run itself failed)",
-                False,
-            )
-    fresh(base)
-
-
-if __name__ == "__main__":
-    # Alone: python bench/hostile.py VENV [KEYS]; bench/run hostile does the same.
-    import bench
-
-    sys.exit(
-        bench.main([sys.argv[1], "hostile" + (f":{sys.argv[2]}" if len(sys.argv) > 2 else "")])
+def slow_reader(bench: Bench, base: Path, script: Path) -> None:
+    """(k) `tokencli list` (200k tokens) into a reader taking 1 KB every 10 ms, while
+    wrk validates; then the reader exits and validations go on for 5 s more."""
+    watched = watch(bench, "k", base, wal=True)
+    server = watched.server
+    db = bench.work / "hostile-k.db"
+    listing = subprocess.Popen(
+        ["taskset", "-c", "1", bench.tokencli, "--db", str(db), "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
+    pipe = listing.stdout
+    assert pipe is not None
+    reading = threading.Event()
+    received = [0]
+
+    def read_slowly() -> None:
+        while not reading.is_set() and (chunk := os.read(pipe.fileno(), 1024)):
+            received[0] += len(chunk)
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    try:
+        reader.start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        during = wrk(
+            server.url(), connections=CONNECTIONS, script=script, seconds=bench.wrk_seconds
+        )
+        still_listing = listing.poll() is None
+        reading.set()
+        reader.join(timeout=5)
+        pipe.close()
+        exited = time.monotonic()
+        after = wrk(server.url(), connections=CONNECTIONS, script=script, seconds=5)
+    finally:
+        reading.set()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            listing.wait(timeout=10)
+        listing.kill()
+        listing.wait()
+        outcome = watched.finish()
+    samples = watched.sampler.wal_sizes
+    peak = max((size for at, size in samples if started <= at <= exited), default=0) / MB
+    later = [(at - exited, size / MB) for at, size in samples if exited < at <= exited + 5.5]
+    back = next((seconds for seconds, size in later if size < 8), None)
+    last = later[-1][1] if later else math.nan
+    shown = f"under 8 MB after {back:.1f} s" if back is not None else f"{last:.0f} MB after 5 s"
+    bench.table.record(
+        "hostile k: slow reader, `tokencli list` read 1 KB / 10 ms under validations (issue 18.6)",
+        f"WAL peak {peak:.0f} MB during, {shown}; {during.good_rps:,.0f} validations/s,"
+        f" {during.failures} failed; list {'still running' if still_listing else 'had ended'}"
+        f" when the reader left; {outcome['peak_mb']:.0f} MB; {outcome['afterwards']}",
+        f"{received[0] / 1024:,.0f} KB read",
+        None,
+        "WAL < 64 MB during, < 8 MB within 5 s after, alive, exit 0",
+        peak < 64 and back is not None and outcome["healthy"] and still_listing,
+        {"during": asdict(during), "after": asdict(after), "wal_after_mb": later, **outcome},
+    )
+
+
+def long_import(bench: Bench, base: Path, known: list[str], export: Path) -> None:
+    """(l) `tokencli import` of 450k tokens into the served database, while one probe
+    asks /health and two ask validations, each every 100 ms."""
+    watched = watch(bench, "l", base)
+    port = watched.server.port
+    db = bench.work / "hostile-l.db"
+    valid = [f"/app/valid/{token}" for token in known[:100]]
+    health = Probe(port, ["/health"])
+    validations = [Probe(port, valid, timeout=30.0) for _ in range(2)]
+    started = time.monotonic()
+    try:
+        with export.open("rb") as source:
+            done = subprocess.run(
+                ["taskset", "-c", "1", bench.tokencli, "--db", str(db), "import"],
+                stdin=source,
+                capture_output=True,
+                timeout=600,
+            )
+        seconds = time.monotonic() - started
+    finally:
+        probed = health.stop()
+        checks = [probe.stop() for probe in validations]
+        outcome = watched.finish()
+    statuses = sum((Counter(check["statuses"]) for check in checks), Counter[str]())
+    waited = max(check["max_ms"] for check in checks) / 1000
+    answers = ", ".join(f"{n:,} {status}" for status, n in sorted(statuses.items()))
+    bench.table.record(
+        "hostile l: `tokencli import` of 450k tokens beside the server (issue 18.7)",
+        f"/health p99 {shown_ms(probed['p99_ms'], probed)}, {probed['failed']} failed;"
+        f" validations: {answers} (longest wait {waited:.1f} s); import {seconds:.0f} s,"
+        f" exit {done.returncode}; {outcome['afterwards']}",
+        f"{probed['requests']:,} /health asked",
+        None,
+        "/health p99 < 100 ms, 0 /health failed, alive, exit 0",
+        probed["p99_ms"] < 100
+        and probed["failed"] == 0
+        and outcome["healthy"]
+        and done.returncode == 0,
+        {"health": probed, "validations": checks, "import": done.stderr.decode()[-500:], **outcome},
+    )
+
+
+def hostile(bench: Bench) -> None:
+    """Every attack, or those whose keys are in the option (`hostile:cgj`): a row each."""
+    plans = {plan.key: plan for plan in attacks()}
+    base, big = bench.work / "hostile-base.db", bench.work / "hostile-200k.db"
+    known = build_database(base, live=0, known=1_000)
+    script = validate_script(bench.work, known)
+
+    @functools.cache
+    def big_script() -> Path:  # 200,000 tokens for j and k, made once
+        (bench.work / "big").mkdir(exist_ok=True)
+        return validate_script(bench.work / "big", build_database(big, live=200_000, known=1_000))
+
+    for key in bench.option or "abcdefghijkl":
+        note(f"hostile {key}")
+        try:
+            if key == "k":
+                slow_reader(bench, big, big_script())
+            elif key == "l":
+                long_import(bench, base, known, export_of(bench, 450_000))
+            elif plans[key].health_ms:
+                attack(bench, plans[key], big, big_script())
+            else:
+                attack(bench, plans[key], base, script)
+        except Exception as error:  # one broken attack must not cost the other rows
+            bench.table.failed(f"hostile {key}", error)
+    fresh(base, big)
+
+
+def export_of(bench: Bench, count: int) -> Path:
+    """`tokencli export` of a database of `count` tokens (made once per run)."""
+    export = bench.work / f"export-{count}.jsonl"
+    if not export.exists():
+        source = bench.work / "export-source.db"
+        build_database(source, live=count)
+        with export.open("wb") as out:
+            subprocess.run([bench.tokencli, "--db", str(source), "export"], stdout=out, check=True)
+        fresh(source)
+    return export
