@@ -127,15 +127,26 @@ def token_json_text(info: TokenInfo) -> str:
     Only the label needs escaping: IDs are a-z2-7, scope names a-z0-9:._-, times ISO
     8601, states fixed words. tests/service/test_wire_format.py checks it against json.dumps.
     """
-    label = "null" if info.label is None else _json_string(info.label)
-    uses = "null" if info.uses_left is None else str(info.uses_left)
-    scopes = ", ".join(f'"{name}"' for name in info.scopes)
+    label = "null" if info.label is None else _json_label(info.label)
+    uses = "null" if info.uses_left is None else info.uses_left
     return (
         f'{{"id": "{info.id}", "label": {label}, '
         f'"created_at": "{iso_time(info.created_at)}", '
         f'"expires_at": "{iso_time(info.expires_at)}", "uses_left": {uses}, '
-        f'"state": "{info.state}", "scopes": [{scopes}]}}'
+        f'"state": "{info.state}", "scopes": [{_json_scopes(info.scopes)}]}}'
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_label(label: str) -> str:
+    # Labels repeat across a listing (tokens issued in bulk): encode each once.
+    return _json_string(label)
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_scopes(scopes: tuple[str, ...]) -> str:
+    # Scope names need no escaping (a-z0-9:._-); tokens share few scope sets.
+    return ", ".join(f'"{name}"' for name in scopes)
 
 
 @functools.cache

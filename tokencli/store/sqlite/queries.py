@@ -11,6 +11,7 @@ from `ends_at > now` (see _LIVE).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -61,19 +62,19 @@ _STATE_SQL = {
 _IDS_PER_QUERY = 500
 
 
+# A NamedTuple's own __new__ is a Python function; tuple's is not (listings make millions).
+_new = tuple.__new__
+
+
+@functools.lru_cache(maxsize=1024)
+def _scopes(joined: str) -> tuple[str, ...]:
+    # Tokens share few scope sets: split each once.
+    return tuple(joined.split())
+
+
 def _record(row: Sequence[Any]) -> TokenRecord:
-    token_id, label, created_at, expires_at, uses_left, revoked_at, secret_hash, limit, scopes = row
-    return TokenRecord(
-        token_id,
-        label,
-        created_at,
-        expires_at,
-        uses_left,
-        revoked_at,
-        secret_hash,
-        limit,
-        tuple(scopes.split()) if scopes else (),
-    )
+    scopes = row[8]
+    return _new(TokenRecord, (*row[:8], _scopes(scopes) if scopes else ()))
 
 
 def _row(record: TokenRecord) -> tuple[object, ...]:
