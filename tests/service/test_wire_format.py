@@ -1,8 +1,10 @@
-"""The hand-written JSON of the hot path equals what json.dumps would write."""
+"""The hand-written JSON of the hot path equals what json.dumps would write, and its
+hand-built ISO times what strftime writes."""
 
 from __future__ import annotations
 
 import json
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -47,3 +49,9 @@ def test_verdict_bodies_are_the_json_of_their_fields(
 def test_listing_lines_are_the_json_of_token_json(info: TokenInfo, label: str | None) -> None:
     info = info._replace(label=label)
     assert views.token_json_text(info) == json.dumps(views.token_json(info))
+
+
+@given(st.integers(min_value=-(2**34), max_value=253402300799))
+def test_iso_time_is_what_strftime_writes(epoch_seconds: int) -> None:
+    expected = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_seconds))
+    assert views.iso_time(epoch_seconds) == expected

@@ -26,13 +26,23 @@ if TYPE_CHECKING:
     )
 
 
-@functools.lru_cache(maxsize=4096)
 def iso_time(epoch_seconds: int) -> str:
     """ISO 8601 UTC with a Z, e.g. 2026-11-27T10:05:00Z.
 
-    Cached: a listing in creation order, and tokens issued in bulk, repeat their seconds.
+    A listing writes two per token, and its times spread over many seconds but few
+    minutes: each minute is formatted once (a cache of seconds thrashed, 1.6 us a miss),
+    the seconds appended from a table (0.4 us).
     """
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_seconds))
+    minute, second = divmod(epoch_seconds, 60)
+    return _minute(minute) + _SECONDS[second]
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute(minute: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(minute * 60))
+
+
+_SECONDS = [f"{second:02d}Z" for second in range(60)]
 
 
 def literal(text: str) -> str:
