@@ -203,6 +203,47 @@ def test_the_upkeep_checkpoint_leaves_a_wal_a_reader_still_reads(
     assert wal_bytes(db_path) <= WAL_SIZE_LIMIT
 
 
+def test_a_wal_grown_by_writers_alone_is_cut_at_most_every_so_often(
+    filled: SQLiteStore, db_path: Path
+) -> None:
+    """Under steady heavy writes the WAL's working size is past the limit: cutting it
+    every turn made the writers grow it again each time (loop p99 15 -> 45 ms)."""
+    filled.tune_for_serving()
+    grow_wal_behind_a_reader(filled, db_path)
+    filled.checkpoint()
+    assert wal_bytes(db_path) <= WAL_SIZE_LIMIT  # the first cut is not held off
+    for turn in range(2):  # a turn of heavy writes, then the upkeep's checkpoint
+        for start in range(0, 60_000, 10_000):  # writers alone, no reader
+            first = 700_000 + 100_000 * turn + start
+            with filled.transaction():
+                filled.insert_tokens(synthetic(10_000, start=first, label="y" * 40))
+        filled.checkpoint()  # copies everything; the next writer starts the WAL over
+    assert wal_bytes(db_path) > WAL_SIZE_LIMIT  # left at its working size, not cut
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM tokens").fetchone()
+    with filled.transaction():  # written after the reader's snapshot
+        filled.insert_tokens(synthetic(10, start=900_000))
+    filled.checkpoint()  # held back by the reader
+    reader.execute("COMMIT")
+    reader.close()
+    filled.checkpoint()  # a reader held it back: cut at once, whenever the last cut was
+    assert wal_bytes(db_path) <= WAL_SIZE_LIMIT
+
+
+def test_a_serving_writer_leaves_the_cut_to_the_upkeep(filled: SQLiteStore, db_path: Path) -> None:
+    """The writer that restarts the WAL would truncate the file on the event loop."""
+    filled.tune_for_serving()
+    grow_wal_behind_a_reader(filled, db_path)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    other.close()
+    grown = wal_bytes(db_path)
+    with filled.transaction():  # starts the WAL over; the file keeps its size
+        filled.insert_tokens(synthetic(10, start=900_000))
+    assert wal_bytes(db_path) == grown
+
+
 def test_the_next_writer_cuts_a_checkpointed_wal_back_to_the_limit(
     filled: SQLiteStore, db_path: Path
 ) -> None:

@@ -3,7 +3,7 @@
 Two jobs run on an upkeep thread, so the event loop never waits for either:
 
 - WAL checkpoints. The serving connections have automatic checkpoints off: a checkpoint
-  fsyncs, which can take many milliseconds on a busy disk. Every half second a PASSIVE
+  fsyncs, which can take many milliseconds on a busy disk. Every quarter second a PASSIVE
   pass runs beside the writers, then a second one under the write lock catches the tail,
   so the WAL restarts instead of growing without end (PASSIVE alone let it pass 1 GB).
 - A watch on the file's identity. If someone replaces or removes the database file under
@@ -24,7 +24,7 @@ from tokencli.domain.errors import StorageError, TokencliError
 from tokencli.store.sqlite.connection import FileWatch
 from tokencli.store.sqlite.queries import SQLiteStore
 
-CHECKPOINT_SECONDS = 0.5
+CHECKPOINT_SECONDS = 0.25
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
