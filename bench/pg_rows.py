@@ -1,5 +1,6 @@
 """The PostgreSQL rows: `tokencli serve` on PostgreSQL (its store thread) against the
-SQLite server, and CPU time per validation with one replica and with two.
+SQLite server, CPU time per validation with one replica and with two, and last the
+failover rows (failover_rows.py), which crash the primary.
 
 The cluster is the tests' (tests/pg_cluster.py), with durability as PostgreSQL ships it.
 wrk gets CPU 1; the system under test gets CPU 0, replicas and PostgreSQL together, as
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from failover_rows import failover
 from harness import (
     NOW,
     Bench,
@@ -138,6 +140,7 @@ def postgres(bench: Bench) -> None:
         pg_script = validate_script(bench.work / "pg", fill(bench, cluster.url()))
         against_sqlite(bench, cluster, sqlite_db, validate_script(bench.work, known), pg_script)
         replicas(bench, cluster, pg_script)
+        failover(bench, cluster, pg_script, lambda standby: pin(standby, {0}))
     finally:
         cluster.stop()
         if adopted:  # this process adopted it as a subreaper: collect it

@@ -189,7 +189,9 @@ class PgCluster:
         source = f"host={primary.folder} user={SERVICE_USER} application_name={name}"
         standby._run(
             str(primary.bindir / "pg_basebackup"),
+            # A fast checkpoint: the default spreads it over minutes on a busy primary.
             *("-D", str(standby.data), "-d", source, "-R", "--no-sync", "-X", "stream"),
+            "--checkpoint=fast",
         )
         own = {"unix_socket_directories": f"'{standby.folder}'", **settings}
         with (standby.data / "postgresql.conf").open("a") as conf:
