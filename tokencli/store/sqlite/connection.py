@@ -72,7 +72,8 @@ class SQLiteConnection:
         self._writable = writable
         self._depth = 0  # open blocks: 1 is the transaction, more are savepoints
         self._busy_ms = BUSY_TIMEOUT_MS  # what connect() set
-        self._wal_held_back = False  # a reader kept the last checkpoint from the end
+        self._wal_held_back = False  # a slow reader kept checkpoints from the end
+        self._wal_held_turns = 0  # checkpoints in a row that a reader kept from the end
         self._wal_cut_at: float | None = None  # monotonic time of the last cut
 
     @classmethod
@@ -260,8 +261,8 @@ class SQLiteConnection:
         writer can start the WAL over instead of letting it grow without end. When that
         pass copied everything and the file is still past the limit, it is truncated,
         unless some reader still reads it (that check does not wait: the next turn tries
-        again): at once if a slow reader held the WAL back, else at most every
-        `WAL_CUT_SECONDS`, since a busy writer only grows it again.
+        again): at once if a slow reader held the WAL back (two turns in a row), else at
+        most every `WAL_CUT_SECONDS`, since a busy writer only grows it again.
         """
         now = time.monotonic()
         with self._errors():
@@ -271,8 +272,12 @@ class SQLiteConnection:
                     "PRAGMA wal_checkpoint(PASSIVE)"
                 ).fetchone()
                 if frames != copied:
-                    self._wal_held_back = True
+                    # Twice in a row: a slow reader, not a short read that happened to
+                    # overlap one turn (those come and go under any mixed load).
+                    self._wal_held_turns += 1
+                    self._wal_held_back |= self._wal_held_turns >= 2
                     return
+                self._wal_held_turns = 0
                 if self._wal_bytes() <= WAL_SIZE_LIMIT:
                     self._wal_held_back = False
                     return
