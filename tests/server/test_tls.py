@@ -375,3 +375,32 @@ def test_sslscan_lists_no_cbc_suite(
     assert all("GCM" in suite or "CHACHA20" in suite for _, suite in offered)
     for old in ("SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"):
         assert re.search(rf"^{re.escape(old)}\s+disabled", result.stdout, re.M), old
+
+
+def test_closed_connections_leave_the_tls_handshake_queue_at_once(
+    serve: Callable[..., Served], certificates: Certificates
+) -> None:
+    # Two slots, and stalled handshakes never make way during the test.
+    limits = Limits(request_timeout=60.0, max_handshakes=2, idle_under_pressure=60.0)
+    served = serve(tls_cert=certificates.cert_file, tls_key=certificates.key_file, limits=limits)
+    hello = client_hello()
+    clients = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(12)]
+    try:
+        for client in clients:
+            client.sendall(hello)  # a whole ClientHello, then silence
+        slots = served.server._handshakes
+        deadline = time.monotonic() + 10
+        while slots.queued < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (len(slots), slots.queued) == (2, 10)
+        for client in clients[:10]:
+            client.close()
+        deadline = time.monotonic() + 10
+        while slots.queued and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Ten closed, and not one of them still holds a place in the queue (or a slot
+        # meanwhile: the two stalled handshakes keep theirs).
+        assert slots.queued == 0 and served.server.open_connections <= 2
+    finally:
+        for client in clients:
+            client.close()

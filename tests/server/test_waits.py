@@ -1,6 +1,7 @@
 """No wait of `serve` is unbounded: another process holding SQLite's write lock (a long
 `tokencli import`) never freezes the event loop, a SIGTERM delivers every answer already
-committed, and closed connections leave the TLS handshake queue at once.
+committed, and a stopped PostgreSQL backend holds up only what needs it. (Closed
+connections leaving the TLS handshake queue: tests/server/test_tls.py.)
 
 Another writer is a real second process (`LockHolder`), holding the lock exactly as long
 as the test says, so nothing here depends on how fast the machine is.
@@ -12,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import trustme
 
 from tokencli.domain.location import Location
 from tokencli.server.config import Limits
@@ -175,49 +174,6 @@ def test_sigterm_delivers_every_answer_already_committed(
         _, rest = process.communicate(timeout=30)
     assert [(status, body["state"]) for status, body in answers] == [(200, "valid")] * 3
     assert process.returncode == 0 and "Traceback" not in rest
-
-
-def client_hello() -> bytes:
-    """A real TLS ClientHello, as the first bytes a client sends."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
-
-
-def test_closed_connections_leave_the_tls_handshake_queue_at_once(
-    serve: Callable[..., Served], tmp_path: Path
-) -> None:
-    ca = trustme.CA()
-    issued = ca.issue_cert("localhost", "127.0.0.1")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert_file))
-    issued.private_key_pem.write_to_path(str(key_file))
-    # Two slots, and stalled handshakes never make way during the test.
-    limits = Limits(request_timeout=60.0, max_handshakes=2, idle_under_pressure=60.0)
-    served = serve(tls_cert=cert_file, tls_key=key_file, limits=limits)
-    hello = client_hello()
-    clients = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(12)]
-    try:
-        for client in clients:
-            client.sendall(hello)  # a whole ClientHello, then silence
-        slots = served.server._handshakes
-        deadline = time.monotonic() + 10
-        while slots.queued < 10 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert (len(slots), slots.queued) == (2, 10)
-        for client in clients[:10]:
-            client.close()
-        deadline = time.monotonic() + 10
-        while slots.queued and time.monotonic() < deadline:
-            time.sleep(0.02)
-        # Ten closed, and not one of them still holds a place in the queue (or a slot
-        # meanwhile: the two stalled handshakes keep theirs).
-        assert slots.queued == 0 and served.server.open_connections <= 2
-    finally:
-        for client in clients:
-            client.close()
 
 
 @pytest.mark.stores("postgres", reason="a backend process to stop")
