@@ -28,7 +28,11 @@ def test_no_plaintext_secret_in_file_log_audit_or_ps(db_path: Path, tmp_path: Pa
     tokens = issued.stdout.split()
     secrets_only = [token.split(":")[1] for token in tokens]
     with check_reading_stdin(EXECUTABLE) as checker:  # it waits on stdin, token unsent
-        listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        # -ww: without a terminal ps cuts lines at 80 columns, which under a long install
+        # path hid the end of the line (and could hide a secret there).
+        listing = subprocess.run(
+            ["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True
+        ).stdout
         out, _ = checker.communicate(tokens[0] + "\n", timeout=60)
     assert out == "valid\n"
     # The listing did show the checker while it held the token (else "no secret in ps"
